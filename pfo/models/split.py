@@ -1,0 +1,106 @@
+"""Classifiers cut in two at a named layer: the client runs ``head``, the server runs ``tail``.
+
+A ``SplitModel`` owns the original network (``net``) and its input normalisation; ``head`` and ``tail`` are views
+made of the same module objects, so the state dict never depends on where the model is split and re-splitting
+a trained victim elsewhere is free (``with_split``). ``tail(head(x))`` runs exactly the operations of the whole
+network, in the same order, so it equals ``model(x)`` bitwise.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """Per-channel input normalisation, kept as buffers so it travels with the weights."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class SplitModel(nn.Module):
+    """Base of split classifiers. Subclasses build ``net`` and list its stages in execution order.
+
+    Inputs are images in [0, 1] at ``input_size``; the head normalises them first, so an attacker (or a client)
+    feeds raw images. ``config`` records the constructor arguments so a victim file can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        stages: list[tuple[str, nn.Module]],
+        split_points: list[str],
+        split_point: str,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        input_size: int,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.normalize = Normalize(mean, std)
+        self.input_size = input_size
+        self.num_classes = num_classes
+        self._stages = stages
+        self._split_points = list(split_points)
+        self.config: dict[str, Any] = {}
+        self._cut(split_point)
+
+    @property
+    def split_points(self) -> list[str]:
+        """The valid split points, in execution order."""
+        return list(self._split_points)
+
+    @property
+    def split_point(self) -> str:
+        return self._split_point
+
+    def _cut(self, split_point: str) -> None:
+        if split_point not in self._split_points:
+            raise ValueError(
+                f"unknown split point {split_point!r} for {type(self).__name__}; "
+                f"valid split points: {', '.join(self._split_points)}"
+            )
+        cut = [name for name, _ in self._stages].index(split_point) + 1
+        # Plain attributes (not registered submodules): the modules already live in ``net``.
+        self.__dict__["head"] = nn.Sequential(OrderedDict([("normalize", self.normalize), *self._stages[:cut]]))
+        self.__dict__["tail"] = nn.Sequential(OrderedDict(self._stages[cut:]))
+        self._split_point = split_point
+        if self.config:
+            self.config["init_args"]["split_point"] = split_point
+
+    def with_split(self, split_point: str) -> SplitModel:
+        """Re-split the same weights at another point (in place) and return self."""
+        self._cut(split_point)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.tail(self.head(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """What the client sends: the features at the split point."""
+        self.check_input(x)
+        return self.head(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape (N, 3, {self.input_size}, {self.input_size}), "
+                f"got {tuple(x.shape)}; set the data module's `resolution` to {self.input_size} "
+                f"(or build the model with input_size={x.shape[-1]})"
+            )
+
+    def _record_config(self, **init_args: Any) -> None:
+        cls = type(self)
+        self.config = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
+        self.config["init_args"]["split_point"] = self._split_point

@@ -1,0 +1,127 @@
+"""The victim's training system: a split classifier trained with cross-entropy, exported as a victim file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics.classification import MulticlassAccuracy
+
+from pfo.models.split import SplitModel
+from pfo.models.victim_file import save_victim
+
+
+def sgd_nesterov(params) -> torch.optim.Optimizer:
+    """The default: SGD with Nesterov momentum, lr 0.1 at batch 128, weight decay 5e-4 (a standard ResNet recipe)."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to zero at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class VictimClassifier(L.LightningModule):
+    """Trains ``net`` on the private split; at the end of ``fit`` writes ``<run folder>/<export>``."""
+
+    def __init__(
+        self,
+        net: SplitModel,
+        optimizer: OptimizerCallable = sgd_nesterov,
+        warmup_epochs: float = 0.5,
+        label_smoothing: float = 0.1,
+        low_res_epochs: int = 0,
+        low_res: int = 24,
+        export: str | None = "victim.pt",
+    ) -> None:
+        """
+        Args:
+            net: the split classifier (its split point is only the default of the exported file).
+            optimizer: builds the optimiser from the parameters.
+            warmup_epochs: linear warm-up before the per-step cosine decay.
+            label_smoothing: cross-entropy label smoothing.
+            low_res_epochs: progressive resizing (as FFCV does): train the first epochs on images down-sampled
+                to ``low_res``, which costs (low_res / input_size)^2 as much; the model is fully convolutional up
+                to its global pooling, so it carries over. Validation always runs at full resolution.
+            low_res: side of the images during the low-resolution epochs.
+            export: file name of the victim file written in the run folder after ``fit`` (null: none).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net = net
+        self.optimizer = optimizer
+        self.train_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if data is not None and hasattr(data, "num_classes") and data.num_classes != self.net.num_classes:
+            raise ValueError(
+                f"the data set has {data.num_classes} classes but the model was built with num_classes="
+                f"{self.net.num_classes}; set `model.init_args.net.init_args.num_classes: {data.num_classes}`"
+            )
+        if data is not None and getattr(data, "resolution", self.net.input_size) != self.net.input_size:
+            raise ValueError(
+                f"the data module serves {data.resolution}px images but the model expects {self.net.input_size}px;"
+                f" set `data.init_args.resolution: {self.net.input_size}`"
+            )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        if self.current_epoch < self.hparams.low_res_epochs:
+            images = F.interpolate(images, size=self.hparams.low_res, mode="bilinear", antialias=True)
+            logits = self.net.tail(self.net.head(images))  # bypasses the full-resolution input check
+        else:
+            logits = self.net(images)
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        self.train_accuracy(logits, batch["label"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/accuracy", self.train_accuracy, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.net(batch["image"])
+        self.val_accuracy(logits, batch["label"])
+        self.log("val/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True)
+        self.log("val/accuracy", self.val_accuracy, prog_bar=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_accuracy(self.net(batch["image"]), batch["label"])
+        self.log("test/accuracy", self.test_accuracy)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.net(batch["image"]).argmax(1)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = max(1, int(self.hparams.warmup_epochs * steps_per_epoch))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        if self.hparams.export and self.trainer.is_global_zero:
+            self.export(Path(self.trainer.log_dir or self.trainer.default_root_dir) / self.hparams.export)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the victim file (architecture, weights, normalisation, resolution, classes, accuracy)."""
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        meta = {"classes": list(getattr(data, "classes", []) or [])}
+        accuracy = self.trainer.callback_metrics.get("val/accuracy") if self._trainer is not None else None
+        if accuracy is not None:
+            meta["val_accuracy"] = float(accuracy)
+        path = save_victim(self.net, path, **meta)
+        print(f"victim file written to {path}")
+        return path
