@@ -1,0 +1,36 @@
+"""Stage 3: data-reconstruction attacks on split inference, and client-side defenses."""
+
+from pfo.attacks.base import Reconstruction, ReconstructionAttack
+from pfo.attacks.defenses import Defense, Dropout, GaussianNoise, LaplaceNoise, Quantization, TopKPruning
+from pfo.attacks.loss import AttackLoss, feature_distance, total_variation
+from pfo.attacks.optimization import OptimizationAttack
+from pfo.attacks.outputs import AttackOutputs
+from pfo.attacks.pfo import PFO, GANInversionAttack
+from pfo.attacks.projection import l1_radius, project_deviation_, project_l1_ball
+from pfo.attacks.strategy import IndependentProcesses
+from pfo.attacks.targets import Targets, save_features, target_seed
+
+__all__ = [
+    "PFO",
+    "AttackLoss",
+    "AttackOutputs",
+    "Defense",
+    "Dropout",
+    "GANInversionAttack",
+    "GaussianNoise",
+    "IndependentProcesses",
+    "LaplaceNoise",
+    "OptimizationAttack",
+    "Quantization",
+    "Reconstruction",
+    "ReconstructionAttack",
+    "Targets",
+    "TopKPruning",
+    "feature_distance",
+    "l1_radius",
+    "project_deviation_",
+    "project_l1_ball",
+    "save_features",
+    "target_seed",
+    "total_variation",
+]

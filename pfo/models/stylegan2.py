@@ -291,8 +291,9 @@ class SynthesisNetwork(nn.Module):
         assert_shape(ws, [None, self.num_ws, self.w_dim], "ws")
         return ws
 
-    def _run(self, start: int, stop: int, state: BlockState, ws: Tensor, noise_mode: str) -> BlockState:
-        """Run blocks ``start`` .. ``stop - 1`` from ``state``: the one loop every entry point shares."""
+    def run_blocks(self, start: int, stop: int, state: BlockState, ws: Tensor, noise_mode: str = "const") -> BlockState:
+        """Run blocks ``start`` .. ``stop - 1`` from ``state``: the one loop every entry point shares (the
+        progressive attack uses it to carry an optimised state into the next block)."""
         num_blocks = len(self.block_resolutions)
         if not 0 <= start <= stop <= num_blocks:
             raise IndexError(f"block range [{start}, {stop}) outside [0, {num_blocks}]")
@@ -307,18 +308,18 @@ class SynthesisNetwork(nn.Module):
 
     def forward(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
         """Render ws ([N, w_dim] W or [N, num_ws, w_dim] W+) to images [N, C, R, R], roughly in [-1, 1]."""
-        return self._run(0, len(self.block_resolutions), BlockState(None, None), ws, noise_mode).img
+        return self.run_blocks(0, len(self.block_resolutions), BlockState(None, None), ws, noise_mode).img
 
     def state_at(self, k: int, ws: Tensor, noise_mode: str = "const") -> BlockState:
         """The state entering block ``k`` (k = 0: (None, None); k = number of blocks: the final state)."""
-        return self._run(0, k, BlockState(None, None), ws, noise_mode)
+        return self.run_blocks(0, k, BlockState(None, None), ws, noise_mode)
 
     def synthesize_from(self, k: int, state: BlockState, ws: Tensor, noise_mode: str = "const") -> Tensor:
         """Run blocks ``k`` ... last from ``state`` (the state entering block ``k``) and return the image.
 
         ``ws`` is the full set of styles; blocks before ``k`` ignore theirs.
         """
-        return self._run(k, len(self.block_resolutions), BlockState(*state), ws, noise_mode).img
+        return self.run_blocks(k, len(self.block_resolutions), BlockState(*state), ws, noise_mode).img
 
 
 class Generator(nn.Module):
@@ -395,6 +396,10 @@ class Generator(nn.Module):
     def synthesize_from(self, k: int, state: BlockState, ws: Tensor, noise_mode: str = "const") -> Tensor:
         """Finish the synthesis from the state entering block ``k``; equals ``synthesis(ws)`` bitwise."""
         return self.synthesis.synthesize_from(k, state, ws, noise_mode=noise_mode)
+
+    def run_blocks(self, start: int, stop: int, state: BlockState, ws: Tensor, noise_mode: str = "const") -> BlockState:
+        """Advance ``state`` (entering block ``start``) through blocks ``start`` .. ``stop - 1``."""
+        return self.synthesis.run_blocks(start, stop, state, ws, noise_mode=noise_mode)
 
     def forward(
         self,

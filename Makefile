@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` (set up, then run the three stages on a small default) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast lint format clean-demo
+
+$(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install pfo with the tested versions
+
+demo: setup  ## victim -> prior -> attack on CIFAR-10 at small scale; prints where the results went
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+test: setup  ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not slurm"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean-demo:
+	rm -rf logs/demo_victim logs/demo_prior logs/demo_attack

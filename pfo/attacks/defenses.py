@@ -1,0 +1,121 @@
+"""Inference-time defenses: what the client does to its features before sending them.
+
+A defense runs on the client, so the attacker only ever sees its output. Random defenses draw from one
+generator per target (seeded from the run seed and the target's index), so a target's defended features, like
+its reconstruction, do not depend on which other targets share its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Defense(nn.Module):
+    """Base: ``forward(h, generators)`` with one ``torch.Generator`` per sample (ignored by deterministic ones)."""
+
+    def forward(self, h: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def _per_sample(h: torch.Tensor, generators: list[torch.Generator] | None, draw) -> torch.Tensor:
+        if generators is None:
+            return draw(h.shape, None)
+        if len(generators) != h.shape[0]:
+            raise ValueError(f"need one generator per sample: {len(generators)} for a batch of {h.shape[0]}")
+        return torch.stack([draw(h.shape[1:], g) for g in generators])
+
+
+class GaussianNoise(Defense):
+    """Adds N(0, scale^2) noise to every feature."""
+
+    def __init__(self, scale: float = 0.1) -> None:
+        """
+        Args:
+            scale: standard deviation of the noise.
+        """
+        super().__init__()
+        if scale < 0:
+            raise ValueError(f"noise scale must be >= 0, got {scale}")
+        self.scale = scale
+
+    def forward(self, h, generators=None):
+        noise = self._per_sample(h, generators, lambda s, g: torch.randn(s, generator=g, device=h.device))
+        return h + self.scale * noise.to(h.dtype)
+
+
+class LaplaceNoise(Defense):
+    """Adds Laplace(0, scale) noise (the differential-privacy mechanism) to every feature."""
+
+    def __init__(self, scale: float = 0.1) -> None:
+        """
+        Args:
+            scale: Laplace scale b (standard deviation b * sqrt(2)).
+        """
+        super().__init__()
+        if scale < 0:
+            raise ValueError(f"noise scale must be >= 0, got {scale}")
+        self.scale = scale
+
+    def forward(self, h, generators=None):
+        u = self._per_sample(h, generators, lambda s, g: torch.rand(s, generator=g, device=h.device)) - 0.5
+        noise = -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))
+        return h + self.scale * noise.to(h.dtype)
+
+
+class Dropout(Defense):
+    """Zeroes each feature with probability ``rate`` (no rescaling: the server's tail sees smaller activations)."""
+
+    def __init__(self, rate: float = 0.5) -> None:
+        """
+        Args:
+            rate: probability that a feature is dropped.
+        """
+        super().__init__()
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, h, generators=None):
+        keep = self._per_sample(h, generators, lambda s, g: torch.rand(s, generator=g, device=h.device)) >= self.rate
+        return h * keep.to(h.dtype)
+
+
+class Quantization(Defense):
+    """Uniform quantisation of each sample's features to ``2**bits`` levels between its min and max."""
+
+    def __init__(self, bits: int = 4) -> None:
+        """
+        Args:
+            bits: bits per feature (2**bits levels).
+        """
+        super().__init__()
+        if not 1 <= bits <= 16:
+            raise ValueError(f"bits must be in 1..16, got {bits}")
+        self.bits = bits
+
+    def forward(self, h, generators=None):
+        flat = h.flatten(1)
+        low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+        step = (high - low).clamp_min(1e-12) / (2**self.bits - 1)
+        return (torch.round((flat - low) / step) * step + low).view_as(h)
+
+
+class TopKPruning(Defense):
+    """Keeps the ``keep`` fraction of each sample's features with the largest magnitude and zeroes the rest."""
+
+    def __init__(self, keep: float = 0.5) -> None:
+        """
+        Args:
+            keep: fraction of features kept, in (0, 1].
+        """
+        super().__init__()
+        if not 0 < keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        self.keep = keep
+
+    def forward(self, h, generators=None):
+        flat = h.flatten(1)
+        k = max(1, round(self.keep * flat.shape[1]))
+        threshold = flat.abs().topk(k, dim=1).values[:, -1:]
+        return torch.where(flat.abs() >= threshold, flat, torch.zeros_like(flat)).view_as(h)
