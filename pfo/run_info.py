@@ -75,6 +75,7 @@ class RunInfo(L.Callback):
     """Writes ``run_info.json`` into the run folder when a run starts (rank 0 only)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        folder = trainer.log_dir or trainer.default_root_dir  # a collective call: every rank must make it
         if trainer.is_global_zero:
             seed = os.environ.get("PL_GLOBAL_SEED")
-            write_run_info(trainer.log_dir or trainer.default_root_dir, int(seed) if seed is not None else None)
+            write_run_info(folder, int(seed) if seed is not None else None)

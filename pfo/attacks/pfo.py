@@ -188,10 +188,10 @@ class PFO(GANInversionAttack):
                 (rest, rest.detach().clone(), self.radius(hp.style_radius, k, rest, "style_radius")),
             ]
 
-            def render_state() -> torch.Tensor:
+            def render_state(k=k, x=x, img=img, prefix=prefix, rest=rest) -> torch.Tensor:
                 return G.synthesize_from(k, BlockState(x, img), torch.cat([prefix, rest], 1), self.noise_mode)
 
-            def constrain() -> None:
+            def constrain(anchors=anchors) -> None:
                 for var, anchor, radius in anchors:
                     if radius is not None:
                         project_deviation_(var, anchor, radius)

@@ -20,3 +20,16 @@ class IndependentProcesses(DDPStrategy):
 
     def configure_ddp(self) -> None:
         """Leave the module unwrapped (DDP would average per-target gradients across processes)."""
+
+
+def _register() -> None:
+    """Make ``trainer.strategy: independent`` work from YAML and the command line."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if "independent" not in StrategyRegistry:
+        StrategyRegistry.register(
+            "independent", IndependentProcesses, description="DDP processes without module wrapping (pfo attacks)"
+        )
+
+
+_register()

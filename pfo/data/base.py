@@ -73,8 +73,8 @@ class ImageDataModule(L.LightningDataModule):
         for split in (train_split, val_split, test_split, predict_split):
             if split is not None:
                 check_split_name(split, self.split_names, type(self).__name__)
-        if resolution < 8 or resolution & (resolution - 1):
-            raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
+        if not isinstance(resolution, int) or resolution < 8:  # any size: victims use 224, generators 2^k
+            raise ValueError(f"resolution must be an integer >= 8 (the side in pixels), got {resolution!r}")
         self.root = resolve_root(root, self.subfolder)
         self.resolution = resolution
         self.train_split, self.val_split = train_split, val_split

@@ -274,7 +274,9 @@ class ImageFolders(ImageDataModule):
         for part in ("train", "val"):
             for path in list_images(self.root / part):
                 key = f"{path.parent.name}/{path.name}"
-                record = Record(key, str(path), labels.get(path.parent.name, -1))
+                if path.parent.name not in labels:  # e.g. ImageNet's flat val/ folder, not yet sorted into classes
+                    raise self.missing(f"{path} is not in a class folder that `train/` also has")
+                record = Record(key, str(path), labels[path.parent.name])
                 splits["test" if part == "val" else self.SPLITS.assign(key)].append(record)
         return splits
 

@@ -54,12 +54,13 @@ class ResNet(SplitModel):
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {stem!r}")
         net = getattr(torchvision.models, _DEPTHS[depth])(weights=None, num_classes=num_classes)
+        net.relu = nn.ReLU()  # torchvision's is in place: split at bn1, the tail would overwrite the features sent
         if stem == "cifar":
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
         if pretrained:
             state = load_pretrained_state(pretrained, lambda: self._torchvision_state(depth))
-            load_pretrained_state_into(net, state)
+            load_pretrained_state_into(net, state, fresh=("fc.", "conv1.") if stem == "cifar" else ("fc.",))
         stages = [
             ("conv1", net.conv1),
             ("bn1", net.bn1),
@@ -91,14 +92,25 @@ class ResNet(SplitModel):
         return weights.get_state_dict(progress=True)
 
 
-def load_pretrained_state_into(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load every weight whose name and shape match; the classifier (other classes) and a re-shaped stem keep
-    their fresh initialisation. Fails if almost nothing matched (a file for another architecture)."""
+def load_pretrained_state_into(
+    net: nn.Module, state: dict[str, torch.Tensor], fresh: tuple[str, ...] = ("fc.",)
+) -> None:
+    """Load every weight whose name and shape match; only the tensors under ``fresh`` (the classifier, for other
+    classes, and a re-shaped stem) may differ and keep their fresh initialisation. Any other difference means a
+    file for another architecture (a ResNet-34 or -50 file shares many names and shapes with a ResNet-18)."""
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(usable) < 0.5 * len(own):
+
+    def counts(key: str) -> bool:  # BatchNorm's counter is absent from older torchvision files
+        return not key.startswith(fresh) and not key.endswith("num_batches_tracked")
+
+    missing = [k for k in own if k not in state and counts(k)]
+    extra = [k for k in state if k not in own and counts(k)]
+    reshaped = [k for k in state if k in own and k not in usable and counts(k)]
+    if missing or extra or reshaped:
         raise ValueError(
-            f"the pretrained weights match only {len(usable)} of {len(own)} tensors of this model: "
-            "they are for another architecture"
+            f"the pretrained weights do not fit this {type(net).__name__}: {len(missing)} tensors missing from the "
+            f"file (e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}), {len(reshaped)} of another "
+            f"shape (e.g. {reshaped[:3]}): they are for another architecture"
         )
     net.load_state_dict(usable, strict=False)

@@ -71,9 +71,11 @@ class SplitModel(nn.Module):
                 f"valid split points: {', '.join(self._split_points)}"
             )
         cut = [name for name, _ in self._stages].index(split_point) + 1
+        # nn.Sequential refuses dotted names such as ``blocks.3``; these names never reach the state dict.
+        stages = [(name.replace(".", "_"), module) for name, module in self._stages]
         # Plain attributes (not registered submodules): the modules already live in ``net``.
-        self.__dict__["head"] = nn.Sequential(OrderedDict([("normalize", self.normalize), *self._stages[:cut]]))
-        self.__dict__["tail"] = nn.Sequential(OrderedDict(self._stages[cut:]))
+        self.__dict__["head"] = nn.Sequential(OrderedDict([("normalize", self.normalize), *stages[:cut]]))
+        self.__dict__["tail"] = nn.Sequential(OrderedDict(stages[cut:]))
         self._split_point = split_point
         if self.config:
             self.config["init_args"]["split_point"] = split_point

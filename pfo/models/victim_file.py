@@ -31,7 +31,12 @@ def load_victim(path: str | os.PathLike, split_point: str | None = None) -> Spli
     payload = load_artifact(path, "victim")
     config = {**payload["config"], "init_args": dict(payload["config"]["init_args"])}
     model = build_from_config(config, SplitModel)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    except RuntimeError as error:  # tensors of another shape
+        raise ArtifactError(
+            f"{path}: weights do not fit the architecture; the file is damaged or was edited ({error})"
+        ) from error
     if missing or unexpected:
         raise ArtifactError(
             f"{path}: weights do not fit the architecture (missing {missing[:3]}, unexpected "

@@ -112,8 +112,9 @@ class VictimClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_end(self) -> None:
+        folder = self.trainer.log_dir or self.trainer.default_root_dir  # a collective call: every rank makes it
         if self.hparams.export and self.trainer.is_global_zero:
-            self.export(Path(self.trainer.log_dir or self.trainer.default_root_dir) / self.hparams.export)
+            self.export(Path(folder) / self.hparams.export)
 
     def export(self, path: str | Path) -> Path:
         """Write the victim file (architecture, weights, normalisation, resolution, classes, accuracy)."""
