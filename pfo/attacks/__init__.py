@@ -2,16 +2,23 @@
 
 from pfo.attacks.base import Reconstruction, ReconstructionAttack
 from pfo.attacks.defenses import Defense, Dropout, GaussianNoise, LaplaceNoise, Quantization, TopKPruning
+from pfo.attacks.glass import GLASS
+from pfo.attacks.inverse_network import InverseNetwork, InverseNetworkTrainer
+from pfo.attacks.lm import LM
 from pfo.attacks.loss import AttackLoss, feature_distance, total_variation
 from pfo.attacks.optimization import OptimizationAttack
 from pfo.attacks.outputs import AttackOutputs
 from pfo.attacks.pfo import PFO, GANInversionAttack
 from pfo.attacks.projection import l1_radius, project_deviation_, project_l1_ball
+from pfo.attacks.rmle import RMLE
 from pfo.attacks.strategy import IndependentProcesses
 from pfo.attacks.targets import Targets, save_features, target_seed
 
 __all__ = [
+    "GLASS",
+    "LM",
     "PFO",
+    "RMLE",
     "AttackLoss",
     "AttackOutputs",
     "Defense",
@@ -19,6 +26,8 @@ __all__ = [
     "GANInversionAttack",
     "GaussianNoise",
     "IndependentProcesses",
+    "InverseNetwork",
+    "InverseNetworkTrainer",
     "LaplaceNoise",
     "OptimizationAttack",
     "Quantization",

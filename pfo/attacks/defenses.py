@@ -39,6 +39,9 @@ class GaussianNoise(Defense):
             raise ValueError(f"noise scale must be >= 0, got {scale}")
         self.scale = scale
 
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
     def forward(self, h, generators=None):
         noise = self._per_sample(h, generators, lambda s, g: torch.randn(s, generator=g, device=h.device))
         return h + self.scale * noise.to(h.dtype)
@@ -56,6 +59,9 @@ class LaplaceNoise(Defense):
         if scale < 0:
             raise ValueError(f"noise scale must be >= 0, got {scale}")
         self.scale = scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
 
     def forward(self, h, generators=None):
         u = self._per_sample(h, generators, lambda s, g: torch.rand(s, generator=g, device=h.device)) - 0.5
@@ -76,6 +82,9 @@ class Dropout(Defense):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         self.rate = rate
 
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
     def forward(self, h, generators=None):
         keep = self._per_sample(h, generators, lambda s, g: torch.rand(s, generator=g, device=h.device)) >= self.rate
         return h * keep.to(h.dtype)
@@ -93,6 +102,9 @@ class Quantization(Defense):
         if not 1 <= bits <= 16:
             raise ValueError(f"bits must be in 1..16, got {bits}")
         self.bits = bits
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
 
     def forward(self, h, generators=None):
         flat = h.flatten(1)
@@ -113,6 +125,9 @@ class TopKPruning(Defense):
         if not 0 < keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {keep}")
         self.keep = keep
+
+    def extra_repr(self) -> str:
+        return f"keep={self.keep}"
 
     def forward(self, h, generators=None):
         flat = h.flatten(1)

@@ -1,0 +1,136 @@
+"""GLASS (Li et al., NeurIPS 2023): GAN latent search. Many random latents per target, a short optimisation of
+the most promising ones, keep the best, then a long W+ optimisation with latent noise that decays to zero. The
+same generator as PFO; no intermediate features."""
+
+from __future__ import annotations
+
+import torch
+
+from pfo.attacks.base import Reconstruction
+from pfo.attacks.pfo import GANInversionAttack
+from pfo.attacks.targets import target_generators
+
+
+class GLASS(GANInversionAttack):
+    """Latent search, then W+ optimisation. ``short_steps + steps`` is the per-target step budget."""
+
+    def __init__(
+        self,
+        victim,
+        generator,
+        *,
+        n_init: int = 64,
+        init_chunk: int = 64,
+        candidates: int = 4,
+        short_steps: int = 100,
+        steps: int = 400,
+        lr: float = 0.05,
+        noise_scale: float = 0.05,
+        noise_ramp: float = 0.75,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            n_init: random latents scored per target (forward passes only).
+            init_chunk: candidates rendered at once while scoring.
+            candidates: best-scoring latents per target that get the short optimisation (in W, jointly).
+            short_steps: steps of the short optimisation of every candidate.
+            steps: steps of the final W+ optimisation of the best candidate.
+            lr: Adam learning rate.
+            noise_scale: initial noise added to W+, relative to the spread of W (the NVlabs projector's 0.05).
+            noise_ramp: fraction of ``steps`` over which the noise decays (quadratically) to zero.
+        """
+        super().__init__(victim, generator, **kwargs)
+        if candidates < 1 or candidates > n_init:
+            raise ValueError(f"`candidates` must be in 1..n_init ({n_init}), got {candidates}")
+
+    @torch.no_grad()
+    def w_spread(self, samples: int = 2000) -> float:
+        """Spread of the generator's W (a property of the prior, not of the batch), for the noise scale."""
+        if not hasattr(self, "_w_spread"):
+            g = torch.Generator().manual_seed(0)
+            z = torch.randn(samples, self.generator.config["z_dim"], generator=g).to(self.device)
+            w = self.generator.mapping(z)
+            self._w_spread = float((w - w.mean(0)).pow(2).sum(1).mean().sqrt())
+        return self._w_spread
+
+    @torch.no_grad()
+    def _top_latents(self, h_star: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """[N, candidates, w_dim]: the best-scoring mapped latents of each target."""
+        G, hp = self.generator, self.hparams
+        out = []
+        for g, h in zip(target_generators(self.seed, index), h_star):
+            z = torch.randn(hp.n_init, G.config["z_dim"], generator=g).to(self.device)
+            ws = torch.cat(
+                [
+                    G.mapping(z[s : s + hp.init_chunk], truncation_psi=self.truncation)
+                    for s in range(0, hp.n_init, hp.init_chunk)
+                ]
+            )
+            scores = torch.cat(
+                [
+                    self.evaluate(
+                        G.synthesis(ws[s : s + hp.init_chunk], noise_mode=self.noise_mode),
+                        h.expand(len(ws[s : s + hp.init_chunk]), *h.shape),
+                    )[0]
+                    for s in range(0, hp.n_init, hp.init_chunk)
+                ]
+            )
+            scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, float("inf")))
+            out.append(ws[scores.argsort()[: hp.candidates]])
+        return torch.stack(out)
+
+    def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
+        G, hp = self.generator, self.hparams
+        n, k = h_star.shape[0], hp.candidates
+        failed = torch.zeros(n, dtype=torch.bool, device=self.device)
+        top = self._top_latents(h_star, index)  # [N, K, w_dim]
+
+        # Short optimisation of every candidate, as one batch of N * K (target i's candidates are rows i*K..).
+        w = top.flatten(0, 1).clone().requires_grad_(True)
+        h_rep = h_star.repeat_interleave(k, 0)
+        cand_failed = torch.zeros(n * k, dtype=torch.bool, device=self.device)
+        self.optimize(
+            [w],
+            lambda: G.synthesis(w, noise_mode=self.noise_mode),
+            h_rep,
+            hp.short_steps,
+            hp.lr,
+            cand_failed,
+            name="candidates",
+        )
+        with torch.no_grad():
+            loss = self.evaluate(G.synthesis(w, noise_mode=self.noise_mode), h_rep)[0].view(n, k)
+            loss = torch.where(
+                cand_failed.view(n, k) | ~torch.isfinite(loss), torch.full_like(loss, float("inf")), loss
+            )
+            best = w.detach().view(n, k, -1)[torch.arange(n), loss.argmin(1)]
+
+        # Long W+ optimisation of the winner with decaying latent noise (the NVlabs projector's schedule).
+        ws = best.unsqueeze(1).repeat(1, G.num_ws, 1).requires_grad_(True)
+        w_std = self.w_spread()
+        noise_gens = target_generators(self.seed + 2, index)
+        noise = {"current": torch.zeros_like(ws)}
+
+        def adjust(step: int, optimizer: torch.optim.Optimizer) -> None:
+            strength = w_std * hp.noise_scale * max(0.0, 1.0 - step / max(1.0, hp.noise_ramp * hp.steps)) ** 2
+            if strength > 0:
+                draws = torch.stack([torch.randn(ws.shape[1:], generator=g) for g in noise_gens]).to(self.device)
+                noise["current"] = draws * strength
+            else:
+                noise["current"] = torch.zeros_like(ws)
+
+        self.optimize(
+            [ws],
+            lambda: G.synthesis(ws + noise["current"], noise_mode=self.noise_mode),
+            h_star,
+            hp.steps,
+            hp.lr,
+            failed,
+            adjust=adjust,
+            name="wplus",
+        )
+        with torch.no_grad():
+            image = G.synthesis(ws, noise_mode=self.noise_mode)
+            distance = self.evaluate(image, h_star)[1]
+        return Reconstruction(images=self.to_output(image), feature_loss=distance, failed=failed)

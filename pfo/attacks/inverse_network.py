@@ -1,0 +1,157 @@
+"""IN, the inverse network (He et al., ACSAC 2019): a learning-based attack. A decoder ``h -> x`` is trained on the
+attacker's PUBLIC images and the victim head's (defended) features of them; each target then costs one forward
+pass. Training is a Lightning fit of its own (``python train.py fit --config configs/in_cifar10.yaml``), which
+writes a decoder file that the attack (``configs/in_resnet.yaml``) reuses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+
+from pfo.artifacts import ArtifactError, build_from_config, load_artifact, save_artifact
+from pfo.attacks.base import Reconstruction, ReconstructionAttack, freeze
+from pfo.attacks.defenses import Defense
+from pfo.models.decoder import FeatureDecoder
+from pfo.models.split import SplitModel
+from pfo.models.victim_file import load_victim
+
+
+def adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def describe_defense(defense: Defense | None) -> str:
+    """A defense and its setting as text (``GaussianNoise(scale=0.1)``), to match decoders to attacks."""
+    return "none" if defense is None else repr(defense)
+
+
+class InverseNetworkTrainer(L.LightningModule):
+    """Trains the decoder on public images. Refuses any data split but ``public``: the attacker never has the
+    victim's private data."""
+
+    def __init__(
+        self,
+        victim: str | SplitModel,
+        split_point: str | None = None,
+        defense: Defense | None = None,
+        width: int = 128,
+        optimizer: OptimizerCallable = adam,
+        export: str | None = "decoder.pt",
+    ) -> None:
+        """
+        Args:
+            victim: the victim file (or a SplitModel).
+            split_point: where the client cuts the victim (default: the file's).
+            defense: the client's defense; the decoder learns from features passed through it, as the attacker
+                would see them.
+            width: hidden channels of the decoder.
+            optimizer: builds the optimiser.
+            export: decoder file written to the run folder after ``fit``.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["victim", "defense", "optimizer"])
+        self.victim = freeze(load_victim(victim, split_point) if isinstance(victim, (str, Path)) else victim)
+        if split_point is not None and not isinstance(victim, (str, Path)):
+            self.victim.with_split(split_point)
+        self.victim_path = str(victim) if isinstance(victim, (str, Path)) else None
+        self.defense = defense
+        self.optimizer = optimizer
+        size = self.victim.input_size
+        with torch.no_grad():
+            probe = self.victim.forward_head(torch.zeros(1, 3, size, size))
+        self.decoder = FeatureDecoder.for_features(probe, size, width)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.victim.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer, "datamodule", None)
+        split = getattr(data, "train_split", None)
+        if stage == "fit" and split != "public":
+            raise ValueError(
+                f"the inverse network must learn from the attacker's public data, but the data module trains on "
+                f"{split!r}; set `data.init_args.train_split: public`"
+            )
+
+    @torch.no_grad()
+    def observed(self, images: torch.Tensor) -> torch.Tensor:
+        h = self.victim.forward_head(images)
+        return self.defense(h) if self.defense is not None else h
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        loss = F.mse_loss(self.decoder(self.observed(images)), images)
+        self.log("train/mse", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        self.log("val/mse", F.mse_loss(self.decoder(self.observed(images)), images), prog_bar=True)
+
+    def configure_optimizers(self):
+        return self.optimizer(self.decoder.parameters())
+
+    def on_train_end(self) -> None:
+        folder = self.trainer.log_dir or self.trainer.default_root_dir  # collective: every rank calls it
+        if self.hparams.export and self.trainer.is_global_zero:
+            path = save_decoder(
+                self.decoder,
+                Path(folder) / self.hparams.export,
+                split_point=self.victim.split_point,
+                defense=describe_defense(self.defense),
+                victim=self.victim_path,
+            )
+            print(f"decoder file written to {path}")
+
+
+def save_decoder(decoder: FeatureDecoder, path: str | os.PathLike, **meta) -> Path:
+    config = {"class_path": "pfo.models.decoder.FeatureDecoder", "init_args": decoder.config}
+    return save_artifact(path, "decoder", config, {k: v.cpu() for k, v in decoder.state_dict().items()}, **meta)
+
+
+def load_decoder(path: str | os.PathLike) -> tuple[FeatureDecoder, dict]:
+    payload = load_artifact(path, "decoder")
+    decoder = build_from_config(payload["config"], FeatureDecoder)
+    decoder.load_state_dict(payload["state_dict"])
+    return decoder.eval(), payload["meta"]
+
+
+class InverseNetwork(ReconstructionAttack):
+    """The attack: one decoder forward pass per target."""
+
+    def __init__(self, victim, *, decoder: str, **kwargs) -> None:
+        """
+        Args:
+            decoder: the decoder file written by ``train.py fit --config configs/in_*.yaml`` for the same victim,
+                split point and defense.
+        """
+        super().__init__(victim, **kwargs)
+        self.decoder, meta = load_decoder(decoder)
+        freeze(self.decoder)
+        if meta.get("split_point") not in (None, self.victim.split_point):
+            raise ArtifactError(
+                f"the decoder was trained on features at {meta['split_point']!r} but the attack splits the victim at "
+                f"{self.victim.split_point!r}; train a decoder for this split point"
+            )
+        if meta.get("defense", "none") != describe_defense(self.defense):
+            raise ArtifactError(
+                f"the decoder was trained on features under defense {meta.get('defense')} but the attack runs with "
+                f"{describe_defense(self.defense)}; train the decoder with the same defense"
+            )
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.decoder]
+
+    @torch.no_grad()
+    def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
+        images = self.decoder(h_star).clamp(0, 1)
+        distance = F.mse_loss(self.victim.forward_head(images), h_star, reduction="none").flatten(1).mean(1)
+        failed = ~torch.isfinite(distance)
+        return Reconstruction(images=images, feature_loss=distance, failed=failed)

@@ -1,0 +1,112 @@
+"""LM, likelihood maximisation with a deep image prior (as in GLASS's and DRAG's code; DISCO, CVPR 2021):
+optimise the weights of a randomly initialised convolutional generator fed fixed noise.
+
+Every target has its own network. The N networks of a batch run as one grouped convolution (group i holds
+target i's weights), so the batch costs one call per layer while no weight is shared between targets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pfo.attacks.base import Reconstruction
+from pfo.attacks.optimization import OptimizationAttack
+from pfo.attacks.targets import target_generators
+
+
+class PerTargetConvNets:
+    """N independent small decoders ``noise -> image`` as stacked weights [N, ...] (leaf tensors to optimise).
+
+    Layout: conv(noise -> width), then ``upsamples`` times (nearest x2, conv, leaky ReLU), then conv -> 3, sigmoid.
+    No normalisation layer: batch statistics would couple the targets.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        size: int,
+        width: int,
+        noise_channels: int,
+        upsamples: int,
+        generators: list[torch.Generator],
+        device: torch.device,
+    ) -> None:
+        self.n, self.size, self.upsamples = n, size, upsamples
+        shapes = [(width, noise_channels)] + [(width, width)] * upsamples + [(3, width)]
+        self.weights, self.biases = [], []
+        for out_ch, in_ch in shapes:
+            bound = 1 / math.sqrt(in_ch * 9)  # PyTorch's default conv initialisation range
+            w = torch.stack([(torch.rand(out_ch, in_ch, 3, 3, generator=g) * 2 - 1) * bound for g in generators])
+            b = torch.stack([(torch.rand(out_ch, generator=g) * 2 - 1) * bound for g in generators])
+            self.weights.append(w.to(device).requires_grad_(True))
+            self.biases.append(b.to(device).requires_grad_(True))
+        base = size // 2**upsamples
+        self.noise = torch.stack([torch.randn(noise_channels, base, base, generator=g) for g in generators]).to(device)
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        return self.weights + self.biases
+
+    def _conv(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        w, b = self.weights[layer], self.biases[layer]
+        out = F.conv2d(x, w.flatten(0, 1), b.flatten(), padding=1, groups=self.n)
+        return out
+
+    def __call__(self) -> torch.Tensor:
+        x = self.noise.flatten(0, 1).unsqueeze(0)  # [1, N * C, h, w]: target i's channels form group i
+        x = F.leaky_relu(self._conv(x, 0), 0.2)
+        for layer in range(1, self.upsamples + 1):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = F.leaky_relu(self._conv(x, layer), 0.2)
+        x = torch.sigmoid(self._conv(x, self.upsamples + 1))
+        return x.view(self.n, 3, self.size, self.size)
+
+
+class LM(OptimizationAttack):
+    """Deep-image-prior inversion: per-target generator weights are the variables."""
+
+    value_range = (0.0, 1.0)
+
+    def __init__(
+        self,
+        victim,
+        *,
+        steps: int = 500,
+        lr: float = 0.01,
+        width: int = 64,
+        noise_channels: int = 32,
+        upsamples: int = 2,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            steps: optimisation steps per target.
+            lr: Adam learning rate on the network weights.
+            width: channels of each per-target network.
+            noise_channels: channels of the fixed input noise.
+            upsamples: x2 up-sampling stages (the noise is input_size / 2**upsamples pixels wide).
+        """
+        super().__init__(victim, **kwargs)
+        if self.victim.input_size % 2**upsamples:
+            raise ValueError(f"input size {self.victim.input_size} is not divisible by 2**upsamples={2**upsamples}")
+
+    def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
+        hp = self.hparams
+        nets = PerTargetConvNets(
+            h_star.shape[0],
+            self.victim.input_size,
+            hp.width,
+            hp.noise_channels,
+            hp.upsamples,
+            target_generators(self.seed, index),
+            self.device,
+        )
+        failed = torch.zeros(h_star.shape[0], dtype=torch.bool, device=self.device)
+        self.optimize(nets.parameters, nets, h_star, hp.steps, hp.lr, failed, name="dip_weights")
+        with torch.no_grad():
+            images = nets()
+            distance = self.evaluate(images, h_star)[1]
+        return Reconstruction(images=images, feature_loss=distance, failed=failed)
