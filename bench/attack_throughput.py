@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import yaml
@@ -29,7 +30,7 @@ def build(args) -> PFO:
     if args.generator:
         generator = args.generator
     else:
-        config = yaml.safe_load(open("configs/gan_cifar10.yaml"))
+        config = yaml.safe_load(Path("configs/gan_cifar10.yaml").read_text())
         generator = Generator(**config["model"]["init_args"]["generator"]["init_args"])
     stages = 4
     steps = [args.steps // 2] + [args.steps // (2 * (stages - 1))] * (stages - 1)
@@ -53,8 +54,10 @@ def main() -> None:
     images = torch.rand(args.targets, 3, attack.victim.input_size, attack.victim.input_size)
     index = torch.arange(args.targets)
     h = attack.client_features(images, index)
-    print(f"PFO steps per stage {attack.steps}, n_init {args.n_init}, {args.targets} targets, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"PFO steps per stage {attack.steps}, n_init {args.n_init}, {args.targets} targets, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     start = time.perf_counter()
     attack.reconstruct(h, index)

@@ -148,11 +148,13 @@ class ReconstructionAttack(L.LightningModule):
         ):
             raise ValueError(
                 f"the targets are {resolution}px images but the victim takes {self.victim.input_size}px; set "
-                f"`data.init_args.data.init_args.resolution: {self.victim.input_size}`"
+                f"`data.data.init_args.resolution: {self.victim.input_size}`"
             )
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         index, valid = batch["index"], batch["valid"]
+        if not bool(valid.any()):
+            return  # only ghosts: the stand-in batch of a process with no target left (see ShardedBatches)
         h_star = self.observed_features(batch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -174,6 +176,8 @@ class ReconstructionAttack(L.LightningModule):
                 "metrics": {k: float(v[i]) for k, v in metrics.items()},
                 "seconds": seconds,
                 "peak_memory_mb": peak,
+                # the private input, for the comparison figure of any merge (resumed, multi-process, sharded runs)
+                "original": batch["image"][i].detach().cpu().float() if "image" in batch else None,
             }
             self.outputs.write_target(record["index"], record)
             if "image" in batch and len(self._originals) < 64:
@@ -200,6 +204,8 @@ class ReconstructionAttack(L.LightningModule):
         labels = batch["label"]
         if len(self.victim.tail) and bool((labels >= 0).all()):
             metrics["top1"] = top1_correct(self.victim(recon), labels)
+            # The server's own prediction from the (defended) features it received: the utility a defense keeps.
+            metrics["utility_top1"] = top1_correct(self.victim.tail(h_star), labels)
         return {k: v.detach().float().cpu() for k, v in metrics.items()}
 
     def peak_memory_mb(self) -> float:
@@ -207,6 +213,20 @@ class ReconstructionAttack(L.LightningModule):
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """An attack has no training state: the victim and prior come from the config, progress is the per-target
+        files. Lightning still writes a checkpoint when SLURM preempts the run (``hpc_ckpt_N.ckpt``, auto-requeue);
+        keep it small and free of loop progress."""
+        checkpoint["state_dict"] = {}
+        checkpoint.pop("loops", None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore nothing. Restored loop progress would make a requeued run stop after as many batches as the run
+        before it had left, but the requeued run's loader already leaves out the finished targets, so the rest
+        would be lost; and another run's weights must never replace what this config built."""
+        checkpoint["state_dict"] = self.state_dict()
+        checkpoint.pop("loops", None)
 
     def on_train_end(self) -> None:
         self.trainer.strategy.barrier("pfo-attack-merge")

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from pfo.models.split import SplitModel
 from pfo.models.victim_file import save_victim
+from pfo.victim.nopeek import distance_correlation
 
 
 def sgd_nesterov(params) -> torch.optim.Optimizer:
@@ -39,6 +40,7 @@ class VictimClassifier(L.LightningModule):
         label_smoothing: float = 0.1,
         low_res_epochs: int = 0,
         low_res: int = 24,
+        nopeek_weight: float = 0.0,
         export: str | None = "victim.pt",
     ) -> None:
         """
@@ -51,6 +53,8 @@ class VictimClassifier(L.LightningModule):
                 to ``low_res``, which costs (low_res / input_size)^2 as much; the model is fully convolutional up
                 to its global pooling, so it carries over. Validation always runs at full resolution.
             low_res: side of the images during the low-resolution epochs.
+            nopeek_weight: weight of the NoPeek defense: the distance correlation between each batch's inputs and
+                its split-point features is added to the loss (0: off).
             export: file name of the victim file written in the run folder after ``fit`` (null: none).
         """
         super().__init__()
@@ -81,10 +85,15 @@ class VictimClassifier(L.LightningModule):
         images = batch["image"]
         if self.current_epoch < self.hparams.low_res_epochs:
             images = F.interpolate(images, size=self.hparams.low_res, mode="bilinear", antialias=True)
-            logits = self.net.tail(self.net.head(images))  # bypasses the full-resolution input check
         else:
-            logits = self.net(images)
+            self.net.check_input(images)
+        features = self.net.head(images)
+        logits = self.net.tail(features)
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        if self.hparams.nopeek_weight:
+            dcor = distance_correlation(images, features)
+            self.log("train/distance_correlation", dcor)
+            loss = loss + self.hparams.nopeek_weight * dcor
         self.train_accuracy(logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/accuracy", self.train_accuracy, on_step=False, on_epoch=True)

@@ -1,0 +1,410 @@
+"""The CIFAR-10 benchmark (GUIDE section 8): every attack x split point x prior, with and without a noise defense.
+
+    python bench/benchmark.py                 # full protocol: 16 targets, 500 steps, 5 split points
+    python bench/benchmark.py --quick         # minutes: 4 targets, 40 steps, layer1 and layer2, in-distribution prior
+    python bench/benchmark.py --victim logs/victim_cifar10_resnet18/victim.pt \
+        --prior cifar10=logs/gan_cifar10/generator.pt --prior tinyimagenet=logs/gan_tinyimagenet/generator.pt
+
+It trains what it is not given (the victim, the in-distribution prior on the public CIFAR-10 half, the OOD prior on
+Tiny-ImageNet, one inverse-network decoder per split point and defense) and caches it under ``--cache``; attack runs
+live under ``--out`` and resume like any attack run, so a rerun only computes what is missing. Every attack gets the
+same targets and the same number of optimisation steps per target; latent-search forward passes (PFO, GLASS) are
+reported in their own column. Output: ``table.md`` (also printed), ``results.json``, ``reconstructions.png`` (rows:
+originals and each attack; columns: targets) and ``psnr_vs_split.png``. Data: ``$PFO_DATA_ROOT`` or ``data/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SPLITS = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    config: str
+    uses_prior: bool = False
+    learned: bool = False  # the inverse network: no per-target optimisation
+
+
+ATTACKS = {
+    "pfo": AttackSpec("PFO", "configs/pfo_resnet.yaml", uses_prior=True),
+    "glass": AttackSpec("GLASS", "configs/glass_resnet.yaml", uses_prior=True),
+    "rmle": AttackSpec("rMLE", "configs/rmle_resnet.yaml"),
+    "lm": AttackSpec("LM", "configs/lm_resnet.yaml"),
+    "in": AttackSpec("IN", "configs/in_resnet.yaml", learned=True),
+}
+PRIOR_CONFIGS = {"cifar10": "configs/gan_cifar10.yaml", "tinyimagenet": "configs/gan_tinyimagenet.yaml"}
+
+
+def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
+    """The same per-target step budget for every optimisation attack, spread over its phases."""
+    if attack == "pfo":
+        first = round(steps * 0.4)
+        rest = steps - first
+        stages = [first, rest // 3, rest // 3, rest - 2 * (rest // 3)]
+        return [
+            "--model.init_args.steps",
+            json.dumps(stages),
+            "--model.init_args.n_init",
+            str(n_init),
+            "--model.init_args.init_chunk",
+            str(min(n_init, 64)),
+        ]
+    if attack == "glass":
+        short = steps // 5
+        return [
+            "--model.init_args.short_steps",
+            str(short),
+            "--model.init_args.steps",
+            str(steps - short),
+            "--model.init_args.n_init",
+            str(n_init),
+            "--model.init_args.init_chunk",
+            str(min(n_init, 64)),
+            "--model.init_args.candidates",
+            str(min(4, n_init)),
+        ]
+    if attack in ("rmle", "lm"):
+        return ["--model.init_args.steps", str(steps)]
+    return []
+
+
+def init_forward_passes(attack: str, n_init: int) -> int:
+    return n_init if ATTACKS[attack].uses_prior else 0
+
+
+def defense_arg(noise: float | None) -> list[str]:
+    if not noise:
+        return ["--model.init_args.defense", "null"]
+    spec = {"class_path": "pfo.attacks.GaussianNoise", "init_args": {"scale": noise}}
+    return ["--model.init_args.defense", json.dumps(spec)]
+
+
+@dataclass
+class Options:
+    targets: int = 16
+    steps: int = 500
+    n_init: int = 64
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
+    priors: list[str] = field(default_factory=lambda: list(PRIOR_CONFIGS))
+    noise: float = 0.1
+    victim_overrides: list[str] = field(default_factory=list)
+    prior_overrides: list[str] = field(default_factory=list)
+    decoder_overrides: list[str] = field(default_factory=list)
+    extra_attack_overrides: list[str] = field(default_factory=list)
+    lpips_weights: str | None = None
+    cache: Path = Path("bench_cache")
+    out: Path = Path("bench_results")
+
+
+QUICK = dict(
+    targets=4,
+    steps=40,
+    n_init=8,
+    splits=["layer1", "layer2"],
+    priors=["cifar10"],
+    victim_overrides=[
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "30",
+        "--trainer.limit_val_batches",
+        "4",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--model.init_args.low_res_epochs",
+        "0",
+    ],
+    prior_overrides=["--trainer.max_steps", "100", "--trainer.max_time", "null"],
+    decoder_overrides=["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "30"],
+)
+
+
+def _train(config: str, name: str, folder: Path, overrides: list[str], product: str) -> Path:
+    """Run ``train.py fit`` for ``config`` into ``folder/name`` and return the exported ``product`` file."""
+    import train
+
+    target = folder / name / product
+    if target.exists():
+        return target
+    train.cli_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / config),
+            "--trainer.logger.init_args.save_dir",
+            str(folder),
+            "--trainer.logger.init_args.name",
+            name,
+            *overrides,
+        ]
+    )
+    if not target.exists():
+        raise RuntimeError(f"training {config} did not write {target}")
+    return target
+
+
+def ensure_victim(options: Options, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    return _train(
+        "configs/victim_cifar10_resnet18.yaml", "victim", options.cache, options.victim_overrides, "victim.pt"
+    )
+
+
+def ensure_prior(options: Options, name: str, given: dict[str, str]) -> Path:
+    if name in given:
+        return Path(given[name])
+    return _train(PRIOR_CONFIGS[name], f"prior_{name}", options.cache, options.prior_overrides, "generator.pt")
+
+
+def ensure_decoder(options: Options, victim: Path, split: str, noise: float | None) -> Path:
+    name = f"decoder_{split}_noise{noise or 0:g}"
+    overrides = [
+        "--model.init_args.victim",
+        str(victim),
+        "--model.init_args.split_point",
+        split,
+        *defense_arg(noise),
+        *options.decoder_overrides,
+    ]
+    return _train("configs/in_cifar10.yaml", name, options.cache, overrides, "decoder.pt")
+
+
+def run_name(attack: str, split: str, prior: str | None, noise: float | None) -> str:
+    return f"{attack}_{split}_{prior or 'none'}_noise{noise or 0:g}"
+
+
+def run_attack(
+    options: Options,
+    attack: str,
+    victim: Path,
+    split: str,
+    prior: Path | None,
+    decoder: Path | None,
+    noise: float | None,
+    name: str,
+) -> dict:
+    """One attack run (resumed if its folder exists); returns its summary with the per-target rows."""
+    from pfo.attacks.cli import AttackCLI
+
+    spec = ATTACKS[attack]
+    args = [
+        "--config",
+        str(REPO / spec.config),
+        "--model.init_args.victim",
+        str(victim),
+        "--model.init_args.split_point",
+        split,
+        *defense_arg(noise),
+        *step_overrides(attack, options.steps, options.n_init),
+        "--model.init_args.progress",
+        "false",
+        "--data.count",
+        str(options.targets),
+        "--data.batch_size",
+        str(options.targets),
+        "--trainer.logger.init_args.save_dir",
+        str(options.out),
+        "--trainer.logger.init_args.name",
+        name,
+        "--trainer.enable_progress_bar",
+        "false",
+        *options.extra_attack_overrides,
+    ]
+    if attack == "in":
+        args = _drop_option(args, "--model.init_args.progress")  # no optimisation loop, no such option
+        args += ["--model.init_args.decoder", str(decoder)]
+    if spec.uses_prior:
+        args += ["--model.init_args.generator", str(prior)]
+    if options.lpips_weights:
+        args += ["--model.init_args.lpips_weights", options.lpips_weights]
+    AttackCLI(args=args)
+    folder = options.out / name
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["folder"] = str(folder)
+    return summary
+
+
+def _drop_option(args: list[str], option: str) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == option:
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def cell(summary: dict, metric: str, digits: int = 2) -> str:
+    stats = summary["metrics"].get(metric)
+    if not stats or stats["n"] == 0 or math.isnan(stats["mean"]):
+        return "-"
+    return f"{stats['mean']:.{digits}f} / {stats['median']:.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One row per (defense, prior, attack, split): metrics as mean / median."""
+    header = (
+        "| defense | attack | prior | split | PSNR (dB) | SSIM | LPIPS | feature dist. | s / image | "
+        "init fwd passes | collapsed | victim acc. under defense |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        s = r["summary"]
+        lines.append(
+            f"| {r['defense']} | {r['attack']} | {r['prior']} | {r['split']} | {cell(s, 'psnr')} | "
+            f"{cell(s, 'ssim', 3)} | {cell(s, 'lpips', 3)} | {cell(s, 'feature_distance', 4)} | {cell(s, 'seconds', 2)} | "
+            f"{r['init_passes']} | {s['collapsed']}/{s['targets']} | {cell(s, 'utility_top1', 3)} |"
+        )
+    return "\n".join(lines)
+
+
+def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int = 8) -> Path | None:
+    """Rows: the originals and each attack's reconstructions at ``split``; columns: the first targets."""
+    from torchvision.utils import save_image
+
+    chosen = [r for r in rows if r["split"] == split and r["defense"] == "none"]
+    if not chosen:
+        return None
+    images = []
+    first = torch.load(Path(chosen[0]["summary"]["folder"]) / "reconstructions.pt", weights_only=True)
+    index = first["index"][:count]
+    originals = originals_for(index)
+    if originals is not None:
+        images.append(originals)
+    for r in chosen:
+        data = torch.load(Path(r["summary"]["folder"]) / "reconstructions.pt", weights_only=True)
+        images.append(data["reconstructions"][:count])
+    save_image(torch.cat(images), path, nrow=len(index), padding=1, pad_value=1.0)
+    return path
+
+
+def originals_for(index: torch.Tensor) -> torch.Tensor | None:
+    try:
+        from pfo.data import CIFAR10
+
+        data = CIFAR10(resolution=32, cache=False)
+        dataset = data.dataset("test")
+        return torch.stack([dataset[int(i)]["image"] for i in index])
+    except Exception:  # the figure then shows reconstructions only
+        return None
+
+
+def psnr_plot(rows: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: skipping the PSNR-vs-split plot (pip install matplotlib)")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["attack"], r["prior"], r["defense"]), []).append(r)
+    for (attack, prior, defense), items in sorted(groups.items()):
+        items = sorted(items, key=lambda r: SPLITS.index(r["split"]))
+        xs = [SPLITS.index(r["split"]) for r in items]
+        ys = [r["summary"]["metrics"]["psnr"]["mean"] if "psnr" in r["summary"]["metrics"] else math.nan for r in items]
+        label = f"{attack}" + (f" ({prior})" if prior != "-" else "") + (f", {defense}" if defense != "none" else "")
+        ax.plot(xs, ys, marker="o", linestyle="--" if defense != "none" else "-", label=label)
+    ax.set_xticks(range(len(SPLITS)), SPLITS)
+    ax.set_xlabel("split point")
+    ax.set_ylabel("PSNR (dB), mean over targets")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(options: Options, victim_path: str | None = None, prior_paths: dict[str, str] | None = None) -> list[dict]:
+    options.cache.mkdir(parents=True, exist_ok=True)
+    options.out.mkdir(parents=True, exist_ok=True)
+    victim = ensure_victim(options, victim_path)
+    priors = {name: ensure_prior(options, name, prior_paths or {}) for name in options.priors}
+    rows = []
+    for noise in (None, options.noise):
+        defense = "none" if not noise else f"gaussian {noise:g}"
+        for split in options.splits:
+            for attack in options.attacks:
+                spec = ATTACKS[attack]
+                decoder = ensure_decoder(options, victim, split, noise) if attack == "in" else None
+                for prior in options.priors if spec.uses_prior else [None]:
+                    name = run_name(attack, split, prior, noise)
+                    summary = run_attack(options, attack, victim, split, priors.get(prior), decoder, noise, name)
+                    rows.append(
+                        {
+                            "attack": spec.name,
+                            "prior": prior or "-",
+                            "split": split,
+                            "defense": defense,
+                            "init_passes": init_forward_passes(attack, options.n_init),
+                            "summary": summary,
+                        }
+                    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few minutes: tiny budgets, two split points")
+    parser.add_argument("--targets", type=int)
+    parser.add_argument("--steps", type=int, help="optimisation steps per target (every attack)")
+    parser.add_argument("--n_init", type=int, help="latent candidates scored per target (PFO, GLASS)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS)
+    parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS))
+    parser.add_argument("--priors", nargs="+", choices=list(PRIOR_CONFIGS))
+    parser.add_argument("--noise", type=float, help="std of the Gaussian-noise defense (default 0.1)")
+    parser.add_argument("--victim", help="reuse this victim file instead of training one")
+    parser.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="reuse a prior, e.g. cifar10=logs/gan_cifar10/generator.pt",
+    )
+    parser.add_argument(
+        "--lpips_weights", help="AlexNet weights for LPIPS (e.g. ../shared/weights/alexnet_features.pth)"
+    )
+    parser.add_argument("--cache", type=Path, default=Path("bench_cache"))
+    parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    args = parser.parse_args(argv)
+    options = Options(**(QUICK if args.quick else {}))
+    for key in ("targets", "steps", "n_init", "splits", "attacks", "priors", "noise", "lpips_weights"):
+        if getattr(args, key) is not None:
+            setattr(options, key, getattr(args, key))
+    options.cache, options.out = args.cache, args.out
+    given = dict(p.split("=", 1) for p in args.prior)
+    rows = run(options, args.victim, given)
+    table = markdown_table(rows)
+    (options.out / "table.md").write_text(table + "\n")
+    (options.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    figure = reconstruction_figure(rows, options.splits[len(options.splits) // 2], options.out / "reconstructions.png")
+    plot = psnr_plot(rows, options.out / "psnr_vs_split.png")
+    print("\n" + table + "\n")
+    print(f"command: python bench/benchmark.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"written: {options.out / 'table.md'}, {options.out / 'results.json'}, {figure}, {plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The benchmark's pieces at tiny size: every attack through the shared CLI path, the table and the figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import benchmark
+from pfo.models import ResNet, save_victim
+from pfo.models.generator_file import save_generator
+from pfo.models.stylegan2 import Generator
+
+SYNTHETIC = json.dumps({"class_path": "pfo.data.SyntheticImages", "init_args": {"resolution": 16}})
+SYNTHETIC_PUBLIC = json.dumps(
+    {
+        "class_path": "pfo.data.SyntheticImages",
+        "init_args": {"resolution": 16, "train_split": "public", "val_split": None, "batch_size": 16},
+    }
+)
+
+
+def test_step_budget_is_shared():
+    for steps in (40, 500):
+        pfo = benchmark.step_overrides("pfo", steps, 8)
+        assert sum(json.loads(pfo[pfo.index("--model.init_args.steps") + 1])) == steps
+        glass = benchmark.step_overrides("glass", steps, 8)
+        short = int(glass[glass.index("--model.init_args.short_steps") + 1])
+        long = int(glass[glass.index("--model.init_args.steps") + 1])
+        assert short + long == steps
+        for name in ("rmle", "lm"):
+            args = benchmark.step_overrides(name, steps, 8)
+            assert int(args[args.index("--model.init_args.steps") + 1]) == steps
+    assert benchmark.init_forward_passes("pfo", 8) == 8 and benchmark.init_forward_passes("rmle", 8) == 0
+
+
+@pytest.mark.slow
+def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
+    torch.manual_seed(0)
+    victim = save_victim(
+        ResNet(depth=18, num_classes=4, stem="cifar", input_size=16, split_point="layer1").eval(),
+        tmp_path / "victim.pt",
+    )
+    prior = save_generator(
+        Generator(z_dim=16, w_dim=16, resolution=32, n_mlp=2, channel_base=128, channel_max=16),
+        tmp_path / "generator.pt",
+    )
+    options = benchmark.Options(
+        targets=3,
+        steps=6,
+        n_init=4,
+        splits=["layer1"],
+        priors=["cifar10"],
+        noise=0.1,
+        decoder_overrides=[
+            "--data",
+            SYNTHETIC_PUBLIC,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--model.init_args.width",
+            "8",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        extra_attack_overrides=["--data.data", SYNTHETIC],
+        cache=tmp_path / "cache",
+        out=tmp_path / "out",
+    )
+    rows = benchmark.run(options, str(victim), {"cifar10": str(prior)})
+    # 5 attacks x 1 split x 1 prior, with and without the defense
+    assert len(rows) == 10
+    assert {r["attack"] for r in rows} == {"PFO", "GLASS", "rMLE", "LM", "IN"}
+    for r in rows:
+        assert r["summary"]["targets"] == 3
+        assert {"psnr", "ssim", "feature_distance", "seconds", "utility_top1"} <= set(r["summary"]["metrics"])
+    # the decoder of the defended run was trained on defended features, and is a separate file
+    assert (options.cache / "decoder_layer1_noise0.1" / "decoder.pt").exists()
+    assert (options.cache / "decoder_layer1_noise0" / "decoder.pt").exists()
+    table = benchmark.markdown_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| gaussian 0.1 | PFO | cifar10 | layer1 |" in table
+    assert benchmark.psnr_plot(rows, tmp_path / "plot.png").stat().st_size > 0
+    figure = benchmark.reconstruction_figure(rows, "layer1", tmp_path / "figure.png")
+    assert figure is not None and figure.stat().st_size > 0
+    # a rerun resumes every attack run from its folder: nothing is recomputed, the numbers are the same
+    again = benchmark.run(options, str(victim), {"cifar10": str(prior)})
+    assert [r["summary"]["metrics"]["psnr"]["mean"] for r in again] == [
+        r["summary"]["metrics"]["psnr"]["mean"] for r in rows
+    ]
