@@ -8,6 +8,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from pfo.attacks.base import ReconstructionAttack
 from pfo.attacks.targets import Targets
+from pfo.cli import use_run_folder_as_root
 from pfo.run_info import RunInfo
 
 DEFAULT_RUN_NAME = "attack"
@@ -45,7 +46,8 @@ class AttackCLI(LightningCLI):
             self.trainer.fit(self.model, datamodule=self.datamodule)
 
     def before_instantiate_classes(self) -> None:
-        """Name the run folder after the config file unless the config names it."""
+        """Name the run folder after the config file unless the config names it; make it the Trainer's
+        ``default_root_dir`` (where Lightning's SLURM preemption checkpoint goes) unless the config sets one."""
         config = self.config
         logger = config.get("trainer", {}).get("logger")
         configs = config.get("config") or []
@@ -53,3 +55,4 @@ class AttackCLI(LightningCLI):
             init = logger["init_args"] if isinstance(logger, dict) else logger.init_args
             if init.get("name") == DEFAULT_RUN_NAME and configs:
                 init["name"] = Path(str(configs[-1])).stem
+        use_run_folder_as_root(config["trainer"])

@@ -66,6 +66,8 @@ class AttackOutputs:
         results = self.results()
         if not results:
             return {}
+        kept = {r["index"]: r["original"] for r in results if r.get("original") is not None}
+        originals = {**kept, **(originals or {})}
         self.write_metrics_csv(results)
         summary = self.write_summary(results)
         torch.save(

@@ -5,6 +5,10 @@ Targets are named by their index in a data split, the key their randomness is se
 every ``world_size``-th remaining target, with no padding by repetition; each batch is filled up to the fixed
 batch size with *ghost* copies whose results are thrown away, so every step runs at the same batch size and a
 target's result is bitwise the same whatever its neighbours, shard, process count or resume point.
+
+Independent jobs (a SLURM array) split the targets with ``shard``/``num_shards``: shard ``i`` takes every
+``num_shards``-th target of the sorted target list, starting at the ``i``-th; ``python -m pfo.attacks.merge``
+joins their run folders into one.
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ class ShardedBatches(Sampler):
         self.batch_size, self.pad = batch_size, pad
 
     def __iter__(self):
+        if not self.mine:
+            # Nothing left for this process: one batch holding a single ghost (item 0), never attacked nor written,
+            # so that the process still runs the epoch like the others (Lightning refuses an empty loader on one
+            # rank of several) and reaches the merge at its end (a resumed run with every target done).
+            yield [(0, True)]
+            return
         for start in range(0, len(self.mine), self.batch_size):
             batch = [(p, False) for p in self.mine[start : start + self.batch_size]]
             if self.pad:
@@ -80,7 +90,7 @@ class ShardedBatches(Sampler):
             yield batch
 
     def __len__(self) -> int:
-        return -(-len(self.mine) // self.batch_size)
+        return max(1, -(-len(self.mine) // self.batch_size))
 
 
 class Targets(L.LightningDataModule):
@@ -99,6 +109,8 @@ class Targets(L.LightningDataModule):
         features_file: str | None = None,
         batch_size: int = 32,
         pad_batches: bool = True,
+        shard: int = 0,
+        num_shards: int = 1,
     ) -> None:
         """
         Args:
@@ -111,6 +123,10 @@ class Targets(L.LightningDataModule):
             batch_size: targets optimised together in one step.
             pad_batches: fill the last batch with ghost copies so every step has the same batch size (results
                 bitwise independent of batch composition); off saves a little compute.
+            shard: which share of the targets this run attacks, 0 <= shard < num_shards (independent jobs, e.g. a
+                SLURM array; each writes its own run folder, ``python -m pfo.attacks.merge`` joins them).
+            num_shards: how many shares: shard ``i`` takes every ``num_shards``-th target of the sorted target
+                list, starting at the ``i``-th.
         """
         super().__init__()
         if data is None and features_file is None:
@@ -119,8 +135,11 @@ class Targets(L.LightningDataModule):
             raise ValueError("`indices` is empty: give at least one target index, or use `count`")
         if count is not None and count < 1:
             raise ValueError(f"`count` must be at least 1, got {count}")
+        if num_shards < 1 or not 0 <= shard < num_shards:
+            raise ValueError(f"`shard` must be in [0, num_shards), got shard {shard} of num_shards {num_shards}")
         self.data, self.split, self.count, self.indices = data, split, count, indices
         self.features_file, self.batch_size, self.pad_batches = features_file, batch_size, pad_batches
+        self.shard, self.num_shards = shard, num_shards
         self.skip: set[int] = set()  # target indices already finished (set by the attack when resuming)
         self._base: Dataset | None = None
         self._all: list[int] | None = None
@@ -145,12 +164,19 @@ class Targets(L.LightningDataModule):
             wanted = sorted(set(self.indices))
         else:
             wanted = [available[i] for i in spread_indices(len(available), self.count or len(available))]
+        if self.num_shards > 1:
+            if len(wanted) < self.num_shards:
+                raise ValueError(
+                    f"{len(wanted)} targets cannot be split into {self.num_shards} shards (shard {self.shard} would "
+                    f"be empty); use at most {len(wanted)} shards"
+                )
+            wanted = wanted[self.shard :: self.num_shards]
         self._position = {index: pos for pos, index in enumerate(available)}
         self._all = wanted
 
     @property
     def target_indices(self) -> list[int]:
-        """Every target's index in its split, sorted."""
+        """Every target's index in its split, sorted (this shard's, with ``num_shards`` > 1)."""
         self._load()
         return list(self._all)
 
@@ -168,7 +194,8 @@ class Targets(L.LightningDataModule):
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = ShardedBatches(len(remaining), self.batch_size, rank, world, self.pad_batches)
-        return DataLoader(_TargetItems(self._base, remaining), batch_sampler=sampler)
+        items = remaining or [self._position[self._all[0]]]  # item 0 is the lone ghost of a process with no target
+        return DataLoader(_TargetItems(self._base, items), batch_sampler=sampler)
 
 
 def save_features(
