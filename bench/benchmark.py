@@ -271,7 +271,8 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['defense']} | {r['attack']} | {r['prior']} | {r['split']} | {cell(s, 'psnr')} | "
             f"{cell(s, 'ssim', 3)} | {cell(s, 'lpips', 3)} | {cell(s, 'feature_distance', 4)} | "
-            f"{cell(s, 'seconds', 2)} | {r['init_passes']} | {s['collapsed']}/{s['targets']} | {cell(s, 'utility_top1', 3)} |"
+            f"{cell(s, 'seconds', 2)} | {r['init_passes']} | {s['collapsed']}/{s['targets']} | "
+            f"{cell(s, 'utility_top1', 3)} |"
         )
     return "\n".join(lines)
 
