@@ -154,7 +154,7 @@ class ReconstructionAttack(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         index, valid = batch["index"], batch["valid"]
         if not bool(valid.any()):
-            return  # only ghosts: the stand-in batch of a process with no target left (see ShardedBatches)
+            return  # only ghosts: the stand-in batch of a process with no target left (see targets.InStep)
         h_star = self.observed_features(batch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

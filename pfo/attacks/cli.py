@@ -7,6 +7,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from pfo.attacks.base import ReconstructionAttack
+from pfo.attacks.requeue import RequeueOnSignal
 from pfo.attacks.targets import Targets
 from pfo.cli import use_run_folder_as_root
 from pfo.run_info import RunInfo
@@ -36,7 +37,7 @@ class AttackCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "logs", "name": DEFAULT_RUN_NAME, "version": ""},
                 },
-                "callbacks": [RunInfo()],
+                "callbacks": [RunInfo(), RequeueOnSignal()],
             },
             run=False,
             args=args,

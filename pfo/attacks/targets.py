@@ -77,12 +77,6 @@ class ShardedBatches(Sampler):
         self.batch_size, self.pad = batch_size, pad
 
     def __iter__(self):
-        if not self.mine:
-            # Nothing left for this process: one batch holding a single ghost (item 0), never attacked nor written,
-            # so that the process still runs the epoch like the others (Lightning refuses an empty loader on one
-            # rank of several) and reaches the merge at its end (a resumed run with every target done).
-            yield [(0, True)]
-            return
         for start in range(0, len(self.mine), self.batch_size):
             batch = [(p, False) for p in self.mine[start : start + self.batch_size]]
             if self.pad:
@@ -90,7 +84,30 @@ class ShardedBatches(Sampler):
             yield batch
 
     def __len__(self) -> int:
-        return max(1, -(-len(self.mine) // self.batch_size))
+        return -(-len(self.mine) // self.batch_size)
+
+
+class InStep(Sampler):
+    """A process's batches, then batches of a single ghost (item 0) up to ``steps``: every process runs the same
+    number of steps, and at least one.
+
+    Under DDP Lightning's training loop makes a collective call at every step, so a process that runs out of
+    targets before the others would deadlock them (it would be waiting at the end-of-run barrier); and Lightning
+    refuses an empty loader on one process of several. A step whose batch holds no real target does nothing."""
+
+    def __init__(self, batches: Sampler, steps: int) -> None:
+        self.batches, self.steps = batches, max(1, steps)
+
+    def __iter__(self):
+        done = 0
+        for batch in self.batches:
+            yield batch
+            done += 1
+        for _ in range(self.steps - done):
+            yield [(0, True)]
+
+    def __len__(self) -> int:
+        return max(self.steps, len(self.batches))
 
 
 class Targets(L.LightningDataModule):
@@ -194,8 +211,9 @@ class Targets(L.LightningDataModule):
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = ShardedBatches(len(remaining), self.batch_size, rank, world, self.pad_batches)
-        items = remaining or [self._position[self._all[0]]]  # item 0 is the lone ghost of a process with no target
-        return DataLoader(_TargetItems(self._base, items), batch_sampler=sampler)
+        steps = len(ShardedBatches(len(remaining), self.batch_size, 0, world))  # rank 0 has the most targets
+        items = remaining or [self._position[self._all[0]]]  # something for item 0 when every target is done
+        return DataLoader(_TargetItems(self._base, items), batch_sampler=InStep(sampler, steps))
 
 
 def save_features(
