@@ -26,47 +26,44 @@ class Defense(nn.Module):
         return torch.stack([draw(h.shape[1:], g) for g in generators])
 
 
-class GaussianNoise(Defense):
+class AdditiveNoise(Defense):
+    """Adds ``scale`` times unit noise of the subclass's distribution to every feature."""
+
+    def __init__(self, scale: float = 0.1) -> None:
+        """
+        Args:
+            scale: noise scale: the standard deviation for Gaussian noise, the scale b for Laplace noise (whose
+                standard deviation is b * sqrt(2)).
+        """
+        super().__init__()
+        if scale < 0:
+            raise ValueError(f"noise scale must be >= 0, got {scale}")
+        self.scale = scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+    def unit_noise(self, shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, h, generators=None):
+        noise = self._per_sample(h, generators, lambda shape, g: self.unit_noise(shape, g, h.device))
+        return h + self.scale * noise.to(h.dtype)
+
+
+class GaussianNoise(AdditiveNoise):
     """Adds N(0, scale^2) noise to every feature."""
 
-    def __init__(self, scale: float = 0.1) -> None:
-        """
-        Args:
-            scale: standard deviation of the noise.
-        """
-        super().__init__()
-        if scale < 0:
-            raise ValueError(f"noise scale must be >= 0, got {scale}")
-        self.scale = scale
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale}"
-
-    def forward(self, h, generators=None):
-        noise = self._per_sample(h, generators, lambda s, g: torch.randn(s, generator=g, device=h.device))
-        return h + self.scale * noise.to(h.dtype)
+    def unit_noise(self, shape, generator, device):
+        return torch.randn(shape, generator=generator, device=device)
 
 
-class LaplaceNoise(Defense):
+class LaplaceNoise(AdditiveNoise):
     """Adds Laplace(0, scale) noise (the differential-privacy mechanism) to every feature."""
 
-    def __init__(self, scale: float = 0.1) -> None:
-        """
-        Args:
-            scale: Laplace scale b (standard deviation b * sqrt(2)).
-        """
-        super().__init__()
-        if scale < 0:
-            raise ValueError(f"noise scale must be >= 0, got {scale}")
-        self.scale = scale
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale}"
-
-    def forward(self, h, generators=None):
-        u = self._per_sample(h, generators, lambda s, g: torch.rand(s, generator=g, device=h.device)) - 0.5
-        noise = -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))
-        return h + self.scale * noise.to(h.dtype)
+    def unit_noise(self, shape, generator, device):
+        u = torch.rand(shape, generator=generator, device=device) - 0.5
+        return -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))
 
 
 class Dropout(Defense):
