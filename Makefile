@@ -16,11 +16,14 @@ setup: $(VENV)/.installed  ## create .venv and install pfo with the tested versi
 demo: setup  ## victim -> prior -> attack on CIFAR-10 at small scale; prints where the results went
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
+# One thread per process: the reproducibility tests compare runs bitwise, and CPU kernels round differently with
+# another thread count (Lightning also gives each of N CPU processes cores/N threads, so a 1-process and a
+# 2-process run would otherwise differ in rounding, not in what they compute).
 test: setup  ## the whole test suite (what CI runs)
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not slurm"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not slurm"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

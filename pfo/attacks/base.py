@@ -39,6 +39,15 @@ class Reconstruction:
     stage_losses: list[torch.Tensor] = field(default_factory=list)  # per stage [N]
 
 
+def frozen_victim(victim: str | Path | SplitModel, split_point: str | None = None) -> SplitModel:
+    """The victim an attacker works with: loaded from its file (or given), cut at ``split_point`` (default: where
+    it was exported), in eval mode and with no trainable parameter."""
+    model = load_victim(victim) if isinstance(victim, (str, Path)) else victim
+    if split_point is not None:
+        model.with_split(split_point)
+    return freeze(model)
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.eval()
     for p in module.parameters():
@@ -72,9 +81,7 @@ class ReconstructionAttack(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["victim", "defense", "generator"])
-        self.victim = freeze(load_victim(victim, split_point) if isinstance(victim, (str, Path)) else victim)
-        if split_point is not None and not isinstance(victim, (str, Path)):
-            self.victim.with_split(split_point)
+        self.victim = frozen_victim(victim, split_point)
         self.defense = defense
         self.seed = seed
         self.scorer = ReconstructionMetrics(lpips_weights)

@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 
 from pfo.artifacts import ArtifactError, build_from_config, load_artifact, save_artifact
-from pfo.attacks.base import Reconstruction, ReconstructionAttack, freeze
+from pfo.attacks.base import Reconstruction, ReconstructionAttack, freeze, frozen_victim
 from pfo.attacks.defenses import Defense
 from pfo.models.decoder import FeatureDecoder
 from pfo.models.split import SplitModel
-from pfo.models.victim_file import load_victim
 
 
 def adam(params) -> torch.optim.Optimizer:
@@ -55,9 +54,7 @@ class InverseNetworkTrainer(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["victim", "defense", "optimizer"])
-        self.victim = freeze(load_victim(victim, split_point) if isinstance(victim, (str, Path)) else victim)
-        if split_point is not None and not isinstance(victim, (str, Path)):
-            self.victim.with_split(split_point)
+        self.victim = frozen_victim(victim, split_point)
         self.victim_path = str(victim) if isinstance(victim, (str, Path)) else None
         self.defense = defense
         self.optimizer = optimizer
