@@ -54,37 +54,11 @@ class GLASS(GANInversionAttack):
             self._w_spread = float((w - w.mean(0)).pow(2).sum(1).mean().sqrt())
         return self._w_spread
 
-    @torch.no_grad()
-    def _top_latents(self, h_star: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """[N, candidates, w_dim]: the best-scoring mapped latents of each target."""
-        G, hp = self.generator, self.hparams
-        out = []
-        for g, h in zip(target_generators(self.seed, index), h_star):
-            z = torch.randn(hp.n_init, G.config["z_dim"], generator=g).to(self.device)
-            ws = torch.cat(
-                [
-                    G.mapping(z[s : s + hp.init_chunk], truncation_psi=self.truncation)
-                    for s in range(0, hp.n_init, hp.init_chunk)
-                ]
-            )
-            scores = torch.cat(
-                [
-                    self.evaluate(
-                        G.synthesis(ws[s : s + hp.init_chunk], noise_mode=self.noise_mode),
-                        h.expand(len(ws[s : s + hp.init_chunk]), *h.shape),
-                    )[0]
-                    for s in range(0, hp.n_init, hp.init_chunk)
-                ]
-            )
-            scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, float("inf")))
-            out.append(ws[scores.argsort()[: hp.candidates]])
-        return torch.stack(out)
-
     def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
         G, hp = self.generator, self.hparams
         n, k = h_star.shape[0], hp.candidates
         failed = torch.zeros(n, dtype=torch.bool, device=self.device)
-        top = self._top_latents(h_star, index)  # [N, K, w_dim]
+        top = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=k)  # [N, K, w_dim]
 
         # Short optimisation of every candidate, as one batch of N * K (target i's candidates are rows i*K..).
         w = top.flatten(0, 1).clone().requires_grad_(True)

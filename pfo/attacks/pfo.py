@@ -80,8 +80,11 @@ class GANInversionAttack(OptimizationAttack):
         return [self.generator]
 
     @torch.no_grad()
-    def best_latents(self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int) -> torch.Tensor:
-        """Per target, the best of ``count`` mapped latents drawn from its own generator: [N, w_dim]."""
+    def top_latents(
+        self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int, keep: int = 1
+    ) -> torch.Tensor:
+        """Per target, the ``keep`` best of ``count`` mapped latents drawn from its own generator, best first:
+        [N, keep, w_dim]."""
         G = self.generator
         best = []
         for g, h in zip(target_generators(self.seed, index), h_star):
@@ -95,8 +98,12 @@ class GANInversionAttack(OptimizationAttack):
                 ws.append(w)
             scores, ws = torch.cat(scores), torch.cat(ws)
             scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, float("inf")))
-            best.append(ws[scores.argmin()])
+            best.append(ws[scores.argsort()[:keep]])
         return torch.stack(best)
+
+    def best_latents(self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int) -> torch.Tensor:
+        """Per target, the best of ``count`` mapped latents drawn from its own generator: [N, w_dim]."""
+        return self.top_latents(h_star, index, count, chunk, keep=1)[:, 0]
 
 
 class PFO(GANInversionAttack):
