@@ -204,6 +204,37 @@ def test_a_binding_radius_changes_the_result_and_a_loose_one_does_not():
         assert torch.equal(a, b)
 
 
+def test_a_collapsed_target_restarts_from_its_next_best_latent_and_its_neighbour_is_untouched(monkeypatch):
+    """``restarts``: a target whose stage-0 image collapsed reruns stage 0 from its second-best latent; the
+    other target keeps its result bitwise, and the restarted one gets bitwise the result of an attack that
+    started from that latent (so holding settled targets still leaks nothing into it)."""
+    import pfo.attacks.pfo as pfo_module
+
+    targets = [3, 7]
+    plain, _ = attack_images(make_attack(), targets)
+    second = make_attack()
+    top = second.top_latents
+    monkeypatch.setattr(second, "top_latents", lambda h, i, n, c, keep=1: top(h, i, n, c, keep=2)[:, 1:])
+    from_second, _ = attack_images(second, targets)
+    assert not torch.equal(plain.images[0], from_second.images[0])  # the two starts lead to different answers
+
+    calls = []
+
+    def first_attempt_of_target_3_collapsed(images, **_):
+        calls.append(len(images))
+        flags = torch.zeros(len(images), dtype=torch.bool)
+        flags[0] = len(calls) == 1
+        return flags
+
+    monkeypatch.setattr(pfo_module, "is_collapsed", first_attempt_of_target_3_collapsed)
+    guarded, _ = attack_images(make_attack(restarts=2), targets)
+    assert len(calls) == 2  # the first restart settled target 3: no second restart
+    assert torch.equal(guarded.images[0], from_second.images[0])
+    assert torch.equal(guarded.images[1], plain.images[1])
+    with pytest.raises(ValueError, match="restarts"):
+        make_attack(restarts=4)  # only n_init = 4 candidates
+
+
 # ----- per-sample independence ----------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from pfo.attacks.base import Reconstruction, freeze
 from pfo.attacks.optimization import OptimizationAttack, per_stage
 from pfo.attacks.projection import project_deviation_
 from pfo.attacks.targets import target_generators
+from pfo.metrics import is_collapsed
 from pfo.models.stylegan2 import BlockState, Generator
 
 
@@ -122,6 +123,7 @@ class PFO(GANInversionAttack):
         feature_radius: float | list[float] = 0.1,
         image_radius: float | list[float] | None = None,
         style_radius: float | list[float] | None = None,
+        restarts: int = 0,
         **kwargs,
     ) -> None:
         """
@@ -137,6 +139,10 @@ class PFO(GANInversionAttack):
             image_radius: l1 radius for the RGB skip image ``img`` (default: ``feature_radius``).
             style_radius: l1 radius for the remaining styles; null leaves them unconstrained (the paper does not
                 say; IF-GMI projects them too).
+            restarts: guard against latent collapse (GUIDE section 9): a target whose stage-0 image is flat or
+                saturated reruns stage 0 from its next-best initial latent, up to this many times, and keeps the
+                first attempt that does not collapse (else the one with the lowest loss). Each restart costs up
+                to ``steps[0]`` more steps for the targets that need it, so benchmarks comparing budgets keep 0.
         """
         super().__init__(victim, generator, **kwargs)
         steps = [int(s) for s in steps]
@@ -150,6 +156,11 @@ class PFO(GANInversionAttack):
             )
         if n_init < 1:
             raise ValueError(f"`n_init` must be at least 1, got {n_init}")
+        if not 0 <= restarts < n_init:
+            raise ValueError(
+                f"`restarts` must lie in [0, n_init) (each restart starts from the next-best of the n_init "
+                f"candidates), got restarts={restarts} with n_init={n_init}"
+            )
         self.steps = steps
 
     def radius(self, setting: float | Sequence[float] | None, stage: int, var: torch.Tensor, name: str) -> float | None:
@@ -158,18 +169,50 @@ class PFO(GANInversionAttack):
             return None
         return value * var[0].numel() if self.hparams.radius_mode == "per_element" else value
 
+    def latent_stage(self, candidates: torch.Tensor, h_star: torch.Tensor, failed: torch.Tensor) -> torch.Tensor:
+        """Stage 0 on W+ from each target's best candidate ([N, R + 1, w_dim], best first), restarted from the
+        next candidate for the targets whose image collapsed. Returns the chosen W+ [N, num_ws, w_dim].
+
+        A restart optimises the whole batch with the settled targets held still (a stopped target gets no
+        gradient, and a fresh Adam moves nothing without one), so each target's result stays independent of its
+        neighbours. A restart replaces the earlier result only if it is finite and better: not collapsed where
+        the earlier one was, or equally collapsed with a lower feature loss."""
+        G, lr = self.generator, per_stage(self.hparams.lr, 0, "lr")
+        best_ws = best_key = None
+        for attempt in range(candidates.shape[1]):
+            todo = torch.ones_like(failed) if best_key is None else (best_key[:, 0] > 0) & ~failed
+            if not todo.any():
+                break
+            ws = candidates[:, attempt].unsqueeze(1).repeat(1, G.num_ws, 1).requires_grad_(True)
+            stopped = failed | ~todo
+
+            def render_ws(ws=ws) -> torch.Tensor:
+                return G.synthesis(ws, noise_mode=self.noise_mode)
+
+            name = "stage0_wplus" if attempt == 0 else f"stage0_wplus_restart{attempt}"
+            self.optimize([ws], render_ws, h_star, self.steps[0], lr, stopped, name=name)
+            ws = ws.detach()
+            with torch.no_grad():
+                image = G.synthesis(ws, noise_mode=self.noise_mode)
+                loss = self.evaluate(image, h_star)[1]
+                loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
+                key = torch.stack([is_collapsed(self.to_output(image)).to(loss.dtype), loss], 1)
+            if best_key is None:
+                failed |= stopped
+                best_ws, best_key = ws, key
+                continue
+            lower = (key[:, 0] < best_key[:, 0]) | ((key[:, 0] == best_key[:, 0]) & (key[:, 1] < best_key[:, 1]))
+            better = todo & ~stopped & lower
+            best_ws = torch.where(better.view(-1, 1, 1), ws, best_ws)
+            best_key = torch.where(better.view(-1, 1), key, best_key)
+        return best_ws
+
     def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
         G, hp = self.generator, self.hparams
         n = h_star.shape[0]
         failed = torch.zeros(n, dtype=torch.bool, device=self.device)
-        w = self.best_latents(h_star, index, hp.n_init, hp.init_chunk)
-        ws = w.unsqueeze(1).repeat(1, G.num_ws, 1).requires_grad_(True)
-
-        def render_ws() -> torch.Tensor:
-            return G.synthesis(ws, noise_mode=self.noise_mode)
-
-        self.optimize([ws], render_ws, h_star, self.steps[0], per_stage(hp.lr, 0, "lr"), failed, name="stage0_wplus")
-        ws = ws.detach()
+        candidates = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=hp.restarts + 1)
+        ws = self.latent_stage(candidates, h_star, failed)
         stage_images, stage_losses = [], []
         with torch.no_grad():
             image = G.synthesis(ws, noise_mode=self.noise_mode)
