@@ -344,7 +344,7 @@ def run(options: Options, victim_path: str | None = None, prior_paths: dict[str,
     victim = ensure_victim(options, victim_path)
     priors = {name: ensure_prior(options, name, prior_paths or {}) for name in options.priors}
     rows = []
-    for noise in (None, options.noise):
+    for noise in [None] + ([options.noise] if options.noise else []):
         defense = "none" if not noise else f"gaussian {noise:g}"
         for split in options.splits:
             for attack in options.attacks:
@@ -375,7 +375,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", nargs="+", choices=SPLITS)
     parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS))
     parser.add_argument("--priors", nargs="+", choices=list(PRIOR_CONFIGS))
-    parser.add_argument("--noise", type=float, help="std of the Gaussian-noise defense (default 0.1)")
+    parser.add_argument(
+        "--noise", type=float, help="std of the Gaussian-noise defense (default 0.1; 0: no defense rows)"
+    )
+    parser.add_argument(
+        "--decoder_epochs", type=int, help="training epochs of each inverse-network decoder (default: its config's)"
+    )
     parser.add_argument("--victim", help="reuse this victim file instead of training one")
     parser.add_argument(
         "--prior",
@@ -395,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, key) is not None:
             setattr(options, key, getattr(args, key))
     options.cache, options.out = args.cache, args.out
+    if args.decoder_epochs is not None:
+        options.decoder_overrides = [*options.decoder_overrides, "--trainer.max_epochs", str(args.decoder_epochs)]
     given = dict(p.split("=", 1) for p in args.prior)
     rows = run(options, args.victim, given)
     table = markdown_table(rows)
