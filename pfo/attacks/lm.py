@@ -20,8 +20,11 @@ from pfo.attacks.targets import target_generators
 class PerTargetConvNets:
     """N independent small decoders ``noise -> image`` as stacked weights [N, ...] (leaf tensors to optimise).
 
-    Layout: conv(noise -> width), then ``upsamples`` times (nearest x2, conv, leaky ReLU), then conv -> 3, sigmoid.
-    No normalisation layer: batch statistics would couple the targets.
+    Layout: conv(noise -> width), then ``upsamples`` times (nearest x2, conv), each hidden conv followed by channel
+    normalisation and leaky ReLU, then conv -> 3, sigmoid. The normalisation is the deep image prior's batch norm at
+    batch size 1: each channel is normalised over its own pixels, and every channel belongs to one target (grouped
+    layout), so no statistic couples two targets. Without it the unnormalised activations drift under Adam until
+    the sigmoid saturates and the image collapses to flat black or white.
     """
 
     def __init__(
@@ -33,8 +36,9 @@ class PerTargetConvNets:
         upsamples: int,
         generators: list[torch.Generator],
         device: torch.device,
+        norm: bool = True,
     ) -> None:
-        self.n, self.size, self.upsamples = n, size, upsamples
+        self.n, self.size, self.upsamples, self.norm = n, size, upsamples, norm
         shapes = [(width, noise_channels)] + [(width, width)] * upsamples + [(3, width)]
         self.weights, self.biases = [], []
         for out_ch, in_ch in shapes:
@@ -43,24 +47,34 @@ class PerTargetConvNets:
             b = torch.stack([(torch.rand(out_ch, generator=g) * 2 - 1) * bound for g in generators])
             self.weights.append(w.to(device).requires_grad_(True))
             self.biases.append(b.to(device).requires_grad_(True))
+        # Per-target scale and shift of each normalised hidden channel: [N, width] per hidden layer.
+        self.scales = [torch.ones(n, width, device=device).requires_grad_(True) for _ in range(upsamples + 1)]
+        self.shifts = [torch.zeros(n, width, device=device).requires_grad_(True) for _ in range(upsamples + 1)]
         base = size // 2**upsamples
         self.noise = torch.stack([torch.randn(noise_channels, base, base, generator=g) for g in generators]).to(device)
 
     @property
     def parameters(self) -> list[torch.Tensor]:
-        return self.weights + self.biases
+        extra = self.scales + self.shifts if self.norm else []
+        return self.weights + self.biases + extra
 
     def _conv(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         w, b = self.weights[layer], self.biases[layer]
-        out = F.conv2d(x, w.flatten(0, 1), b.flatten(), padding=1, groups=self.n)
-        return out
+        return F.conv2d(x, w.flatten(0, 1), b.flatten(), padding=1, groups=self.n)
+
+    def _hidden(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        x = self._conv(x, layer)
+        if self.norm:  # x is [1, N * width, h, w]: batch norm at batch 1 normalises each channel over its pixels
+            x = F.batch_norm(
+                x, None, None, self.scales[layer].flatten(), self.shifts[layer].flatten(), training=True, eps=1e-5
+            )
+        return F.leaky_relu(x, 0.2)
 
     def __call__(self) -> torch.Tensor:
         x = self.noise.flatten(0, 1).unsqueeze(0)  # [1, N * C, h, w]: target i's channels form group i
-        x = F.leaky_relu(self._conv(x, 0), 0.2)
+        x = self._hidden(x, 0)
         for layer in range(1, self.upsamples + 1):
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = F.leaky_relu(self._conv(x, layer), 0.2)
+            x = self._hidden(F.interpolate(x, scale_factor=2, mode="nearest"), layer)
         x = torch.sigmoid(self._conv(x, self.upsamples + 1))
         return x.view(self.n, 3, self.size, self.size)
 
@@ -79,6 +93,7 @@ class LM(OptimizationAttack):
         width: int = 64,
         noise_channels: int = 32,
         upsamples: int = 2,
+        norm: bool = True,
         **kwargs,
     ) -> None:
         """
@@ -88,6 +103,8 @@ class LM(OptimizationAttack):
             width: channels of each per-target network.
             noise_channels: channels of the fixed input noise.
             upsamples: x2 up-sampling stages (the noise is input_size / 2**upsamples pixels wide).
+            norm: normalise each hidden channel over its pixels, with a learnt per-target scale and shift (the
+                deep image prior's batch norm at batch size 1); without it most images collapse at `layer2`.
         """
         super().__init__(victim, **kwargs)
         if self.victim.input_size % 2**upsamples:
@@ -103,6 +120,7 @@ class LM(OptimizationAttack):
             hp.upsamples,
             target_generators(self.seed, index),
             self.device,
+            norm=hp.norm,
         )
         failed = torch.zeros(h_star.shape[0], dtype=torch.bool, device=self.device)
         self.optimize(nets.parameters, nets, h_star, hp.steps, hp.lr, failed, name="dip_weights")
