@@ -106,6 +106,7 @@ class Options:
     decoder_overrides: list[str] = field(default_factory=list)
     extra_attack_overrides: list[str] = field(default_factory=list)
     lpips_weights: str | None = None
+    report_only: bool = False
     cache: Path = Path("bench_cache")
     out: Path = Path("bench_results")
 
@@ -233,9 +234,9 @@ def run_attack(
     if options.lpips_weights:
         args += ["--model.init_args.lpips_weights", options.lpips_weights]
     AttackCLI(args=args)
-    folder = options.out / name
-    summary = json.loads((folder / "summary.json").read_text())
-    summary["folder"] = str(folder)
+    summary = finished_summary(options.out / name)
+    if summary is None:
+        raise RuntimeError(f"the attack run {options.out / name} ended without writing summary.json")
     return summary
 
 
@@ -338,21 +339,39 @@ def psnr_plot(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+def finished_summary(folder: Path) -> dict | None:
+    """The summary of a finished attack run, or None when the run has not finished."""
+    path = folder / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    summary["folder"] = str(folder)
+    return summary
+
+
 def run(options: Options, victim_path: str | None = None, prior_paths: dict[str, str] | None = None) -> list[dict]:
     options.cache.mkdir(parents=True, exist_ok=True)
     options.out.mkdir(parents=True, exist_ok=True)
-    victim = ensure_victim(options, victim_path)
-    priors = {name: ensure_prior(options, name, prior_paths or {}) for name in options.priors}
+    if options.report_only:  # tabulate the finished runs under --out; train and run nothing
+        victim, priors = None, {}
+    else:
+        victim = ensure_victim(options, victim_path)
+        priors = {name: ensure_prior(options, name, prior_paths or {}) for name in options.priors}
     rows = []
     for noise in [None] + ([options.noise] if options.noise else []):
         defense = "none" if not noise else f"gaussian {noise:g}"
         for split in options.splits:
             for attack in options.attacks:
                 spec = ATTACKS[attack]
-                decoder = ensure_decoder(options, victim, split, noise) if attack == "in" else None
                 for prior in options.priors if spec.uses_prior else [None]:
                     name = run_name(attack, split, prior, noise)
-                    summary = run_attack(options, attack, victim, split, priors.get(prior), decoder, noise, name)
+                    if options.report_only:
+                        summary = finished_summary(options.out / name)
+                        if summary is None:
+                            continue
+                    else:
+                        decoder = ensure_decoder(options, victim, split, noise) if attack == "in" else None
+                        summary = run_attack(options, attack, victim, split, priors.get(prior), decoder, noise, name)
                     rows.append(
                         {
                             "attack": spec.name,
@@ -392,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lpips_weights", help="AlexNet weights for LPIPS (e.g. ../shared/weights/alexnet_features.pth)"
     )
+    parser.add_argument(
+        "--report_only", action="store_true", help="tabulate the finished runs under --out; train and run nothing"
+    )
     parser.add_argument("--cache", type=Path, default=Path("bench_cache"))
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parser.parse_args(argv)
@@ -399,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("targets", "steps", "n_init", "splits", "attacks", "priors", "noise", "lpips_weights"):
         if getattr(args, key) is not None:
             setattr(options, key, getattr(args, key))
-    options.cache, options.out = args.cache, args.out
+    options.cache, options.out, options.report_only = args.cache, args.out, args.report_only
     if args.decoder_epochs is not None:
         options.decoder_overrides = [*options.decoder_overrides, "--trainer.max_epochs", str(args.decoder_epochs)]
     given = dict(p.split("=", 1) for p in args.prior)

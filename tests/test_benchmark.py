@@ -89,3 +89,11 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
     assert [r["summary"]["metrics"]["psnr"]["mean"] for r in again] == [
         r["summary"]["metrics"]["psnr"]["mean"] for r in rows
     ]
+    # --report_only tabulates the finished runs, skips the ones that never ran, and trains nothing
+    options.report_only, options.splits = True, ["layer1", "layer2"]
+    (tmp_path / "cache").rename(tmp_path / "cache_moved")
+    report = benchmark.run(options)
+    assert [(r["attack"], r["split"], r["defense"]) for r in report] == [
+        (r["attack"], r["split"], r["defense"]) for r in rows
+    ]
+    assert not (tmp_path / "cache" / "decoder_layer2_noise0").exists()
