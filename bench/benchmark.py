@@ -271,7 +271,7 @@ def markdown_table(rows: list[dict]) -> str:
         s = r["summary"]
         lines.append(
             f"| {r['defense']} | {r['attack']} | {r['prior']} | {r['split']} | {cell(s, 'psnr')} | "
-            f"{cell(s, 'ssim', 3)} | {cell(s, 'lpips', 3)} | {cell(s, 'feature_distance', 4)} | "
+            f"{cell(s, 'ssim', 3)} | {cell(s, 'lpips', 4)} | {cell(s, 'feature_distance', 4)} | "
             f"{cell(s, 'seconds', 2)} | {r['init_passes']} | {s['collapsed']}/{s['targets']} | "
             f"{cell(s, 'utility_top1', 3)} |"
         )
