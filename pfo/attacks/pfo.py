@@ -37,6 +37,11 @@ def load_generator_any(generator: str | Generator) -> Generator:
     return load_prior(generator)
 
 
+def inf_if_not_finite(loss: torch.Tensor) -> torch.Tensor:
+    """Losses with NaN and -inf replaced by +inf, so that a failed candidate or stage ranks last."""
+    return torch.nan_to_num(loss, nan=float("inf"), neginf=float("inf"))
+
+
 class GANInversionAttack(OptimizationAttack):
     """Shared by the attacks that search a generator's latent space (PFO, GLASS): the frozen prior, its output
     range, and the scoring of candidate latents."""
@@ -98,7 +103,7 @@ class GANInversionAttack(OptimizationAttack):
                 scores.append(loss)
                 ws.append(w)
             scores, ws = torch.cat(scores), torch.cat(ws)
-            scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, float("inf")))
+            scores = inf_if_not_finite(scores)
             best.append(ws[scores.argsort()[:keep]])
         return torch.stack(best)
 
@@ -195,14 +200,14 @@ class PFO(GANInversionAttack):
             with torch.no_grad():
                 image = G.synthesis(ws, noise_mode=self.noise_mode)
                 loss = self.evaluate(image, h_star)[1]
-                loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
+                loss = inf_if_not_finite(loss)
                 key = torch.stack([is_collapsed(self.to_output(image)).to(loss.dtype), loss], 1)
             if best_key is None:
                 failed |= stopped
                 best_ws, best_key = ws, key
                 continue
             lower = (key[:, 0] < best_key[:, 0]) | ((key[:, 0] == best_key[:, 0]) & (key[:, 1] < best_key[:, 1]))
-            better = todo & ~stopped & lower
+            better = ~stopped & lower  # stopped covers the settled targets and those that failed now
             best_ws = torch.where(better.view(-1, 1, 1), ws, best_ws)
             best_key = torch.where(better.view(-1, 1), key, best_key)
         return best_ws
@@ -266,7 +271,7 @@ class PFO(GANInversionAttack):
                     state = G.run_blocks(k, k + 1, current, ws, self.noise_mode)
 
         losses = torch.stack(stage_losses)  # [S, N]
-        losses = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, float("inf")))
+        losses = inf_if_not_finite(losses)
         best = losses.argmin(0)
         images = torch.stack(stage_images)[best, torch.arange(n, device=best.device)]
         return Reconstruction(
