@@ -149,6 +149,18 @@ def test_resolution_mismatch_names_the_fix(isolated):
         train.cli_main(["fit", "--config", str(config), "--data.init_args.resolution", "32", *QUIET])
 
 
+def test_progressive_resizing_walks_its_stages_then_trains_at_full_size():
+    from pfo.models import ResNet
+
+    net = ResNet(depth=18, num_classes=2, stem="cifar", input_size=16)
+    system = VictimClassifier(net, progressive_resizing=[[2, 8], [1, 12]])
+    assert [system.training_resolution(epoch) for epoch in range(5)] == [8, 8, 12, 16, 16]
+    assert VictimClassifier(net).training_resolution(0) == 16
+    for stage in ([0, 8], [2, 32], [2]):
+        with pytest.raises(ValueError, match=r"\[epochs >= 1, side in 1..16\]"):
+            VictimClassifier(net, progressive_resizing=[stage])
+
+
 @pytest.mark.parametrize("config", VICTIM_CONFIGS, ids=lambda p: p.stem)
 def test_victim_configs_parse(config, capsys, isolated):
     with pytest.raises(SystemExit) as exit_:
@@ -195,10 +207,8 @@ def test_lfw_config_trains_on_a_small_fake_lfw(isolated, count_steps):
             "16",
             "--model.init_args.net.init_args.num_classes",
             "2",
-            "--model.init_args.low_res_epochs",
-            "1",
-            "--model.init_args.low_res",
-            "8",
+            "--model.init_args.progressive_resizing",
+            "[[1, 8]]",
             "--trainer.max_epochs",
             "1",
             "--trainer.limit_train_batches",

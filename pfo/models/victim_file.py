@@ -16,7 +16,7 @@ def save_victim(model: SplitModel, path: str | os.PathLike, **meta: Any) -> Path
         path,
         "victim",
         model.config,
-        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         input_size=model.input_size,
         num_classes=model.num_classes,
         split_points=model.split_points,

@@ -38,8 +38,8 @@ class VictimClassifier(L.LightningModule):
         optimizer: OptimizerCallable = sgd_nesterov,
         warmup_epochs: float = 0.5,
         label_smoothing: float = 0.1,
-        low_res_epochs: int = 0,
-        low_res: int = 24,
+        progressive_resizing: list[tuple[int, int]] = [],  # noqa: B006 (jsonargparse needs a literal default)
+        channels_last: bool = True,
         nopeek_weight: float = 0.0,
         export: str | None = "victim.pt",
     ) -> None:
@@ -49,15 +49,24 @@ class VictimClassifier(L.LightningModule):
             optimizer: builds the optimiser from the parameters.
             warmup_epochs: linear warm-up before the per-step cosine decay.
             label_smoothing: cross-entropy label smoothing.
-            low_res_epochs: progressive resizing (as FFCV does): train the first epochs on images down-sampled
-                to ``low_res``, which costs (low_res / input_size)^2 as much; the model is fully convolutional up
-                to its global pooling, so it carries over. Validation always runs at full resolution.
-            low_res: side of the images during the low-resolution epochs.
+            progressive_resizing: stages ``[epochs, side]`` trained, in order, on images down-sampled to ``side``
+                before the remaining epochs run at the net's input size (as FFCV does). An epoch at side s costs
+                about (s / input_size)^2 of a full one; the model is fully convolutional up to its global pooling,
+                so what it learns carries over. Validation always runs at full resolution. Example: ``[[4, 16],
+                [4, 24]]`` trains 4 epochs at 16 px, 4 at 24 px, then the rest at 32 px.
+            channels_last: keep weights and activations in channels-last memory order, which oneDNN convolutions
+                train faster in (measured 1.22x for the CIFAR ResNet-18 on this project's 2-core CPU; on GPUs it
+                helps under mixed precision). It changes no result beyond floating-point rounding.
             nopeek_weight: weight of the NoPeek defense: the distance correlation between each batch's inputs and
                 its split-point features is added to the loss (0: off).
             export: file name of the victim file written in the run folder after ``fit`` (null: none).
         """
         super().__init__()
+        for stage in progressive_resizing:
+            if len(stage) != 2 or stage[0] < 1 or not 0 < stage[1] <= net.input_size:
+                raise ValueError(
+                    f"progressive_resizing stage {list(stage)} must be [epochs >= 1, side in 1..{net.input_size}]"
+                )
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net = net
         self.optimizer = optimizer
@@ -66,7 +75,23 @@ class VictimClassifier(L.LightningModule):
         self.test_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self._memory_format(x))
+
+    def _memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
+    def training_resolution(self, epoch: int) -> int:
+        """Side of the training images in ``epoch`` (0-based) under the progressive-resizing stages."""
+        start = 0
+        for epochs, side in self.hparams.progressive_resizing:
+            if epoch < start + epochs:
+                return side
+            start += epochs
+        return self.net.input_size
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -83,10 +108,12 @@ class VictimClassifier(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images = batch["image"]
-        if self.current_epoch < self.hparams.low_res_epochs:
-            images = F.interpolate(images, size=self.hparams.low_res, mode="bilinear", antialias=True)
+        side = self.training_resolution(self.current_epoch)
+        if side != self.net.input_size:
+            images = F.interpolate(images, size=side, mode="bilinear", antialias=True)
         else:
             self.net.check_input(images)
+        images = self._memory_format(images)
         features = self.net.head(images)
         logits = self.net.tail(features)
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
@@ -100,17 +127,17 @@ class VictimClassifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.net(batch["image"])
+        logits = self(batch["image"])
         self.val_accuracy(logits, batch["label"])
         self.log("val/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True)
         self.log("val/accuracy", self.val_accuracy, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_accuracy(self.net(batch["image"]), batch["label"])
+        self.test_accuracy(self(batch["image"]), batch["label"])
         self.log("test/accuracy", self.test_accuracy)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.net(batch["image"]).argmax(1)
+        return self(batch["image"]).argmax(1)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
@@ -121,6 +148,7 @@ class VictimClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_end(self) -> None:
+        self.net.to(memory_format=torch.contiguous_format)  # hand back the standard layout, as exported
         folder = self.trainer.log_dir or self.trainer.default_root_dir  # a collective call: every rank makes it
         if self.hparams.export and self.trainer.is_global_zero:
             self.export(Path(folder) / self.hparams.export)
