@@ -107,6 +107,10 @@ class Options:
     extra_attack_overrides: list[str] = field(default_factory=list)
     lpips_weights: str | None = None
     report_only: bool = False
+    utility_images: int = 1000  # test images the victim's accuracy under each defense level is measured on
+    utility_data: dict = field(
+        default_factory=lambda: {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
+    )
     cache: Path = Path("bench_cache")
     out: Path = Path("bench_results")
 
@@ -115,6 +119,7 @@ QUICK = dict(
     targets=4,
     steps=40,
     n_init=8,
+    utility_images=200,
     splits=["layer1", "layer2"],
     priors=["cifar10"],
     victim_overrides=[
@@ -260,6 +265,10 @@ def cell(summary: dict, metric: str, digits: int = 2) -> str:
     return f"{stats['mean']:.{digits}f} / {stats['median']:.{digits}f}"
 
 
+def utility_cell(utility: dict | None) -> str:
+    return f"{utility['accuracy']:.3f} ({utility['images']} images)" if utility else "-"
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One row per (defense, prior, attack, split): metrics as mean / median."""
     header = (
@@ -273,7 +282,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['defense']} | {r['attack']} | {r['prior']} | {r['split']} | {cell(s, 'psnr')} | "
             f"{cell(s, 'ssim', 3)} | {cell(s, 'lpips', 4)} | {cell(s, 'feature_distance', 4)} | "
             f"{cell(s, 'seconds', 2)} | {r['init_passes']} | {s['collapsed']}/{s['targets']} | "
-            f"{cell(s, 'utility_top1', 3)} |"
+            f"{utility_cell(r.get('utility'))} |"
         )
     return "\n".join(lines)
 
@@ -349,11 +358,47 @@ def finished_summary(folder: Path) -> dict | None:
     return summary
 
 
+def victim_utility(options: Options, victim: Path | None, split: str, noise: float | None) -> dict | None:
+    """The victim's test accuracy when the server predicts from this split point's features under the defense.
+
+    Measured on ``options.utility_images`` test images spread over the split (the attack targets are 16 of them:
+    too few for an accuracy), with the noise drawn as the attack runs draw it. Cached in ``--out`` per split point
+    and defense level; with ``victim`` None (``--report_only``) only the cached value is read.
+    """
+    path = options.out / f"utility_{split}_noise{noise or 0:g}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if victim is None or cached["victim"] == str(victim):
+            return cached
+    if victim is None:
+        return None
+    import importlib
+
+    from torch.utils.data import DataLoader, Subset
+
+    from pfo.attacks import GaussianNoise, accuracy_under_defense
+    from pfo.attacks.targets import spread_indices
+    from pfo.models import load_victim
+
+    module, _, name = options.utility_data["class_path"].rpartition(".")
+    data = getattr(importlib.import_module(module), name)(**options.utility_data.get("init_args", {}))
+    dataset = data.dataset("test")
+    subset = Subset(dataset, spread_indices(len(dataset), options.utility_images))
+    accuracy = accuracy_under_defense(
+        load_victim(victim, split_point=split),
+        GaussianNoise(noise) if noise else None,
+        DataLoader(subset, batch_size=200),
+    )
+    result = {"accuracy": accuracy, "images": len(subset), "victim": str(victim)}
+    path.write_text(json.dumps(result) + "\n")
+    return result
+
+
 def run(options: Options, victim_path: str | None = None, prior_paths: dict[str, str] | None = None) -> list[dict]:
     options.cache.mkdir(parents=True, exist_ok=True)
     options.out.mkdir(parents=True, exist_ok=True)
-    if options.report_only:  # tabulate the finished runs under --out; train and run nothing
-        victim, priors = None, {}
+    if options.report_only:  # tabulate the finished runs under --out; train and attack nothing
+        victim, priors = (Path(victim_path) if victim_path else None), {}
     else:
         victim = ensure_victim(options, victim_path)
         priors = {name: ensure_prior(options, name, prior_paths or {}) for name in options.priors}
@@ -379,6 +424,7 @@ def run(options: Options, victim_path: str | None = None, prior_paths: dict[str,
                             "split": split,
                             "defense": defense,
                             "init_passes": init_forward_passes(attack, options.n_init),
+                            "utility": victim_utility(options, victim, split, noise),
                             "summary": summary,
                         }
                     )
@@ -412,13 +458,22 @@ def main(argv: list[str] | None = None) -> None:
         "--lpips_weights", help="AlexNet weights for LPIPS (e.g. ../shared/weights/alexnet_features.pth)"
     )
     parser.add_argument(
-        "--report_only", action="store_true", help="tabulate the finished runs under --out; train and run nothing"
+        "--utility_images",
+        type=int,
+        help="test images for the victim's accuracy under each defense level (default 1000)",
+    )
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="tabulate the finished runs under --out; train and attack nothing (with --victim, still measure the "
+        "victim's accuracy under each defense level where --out has none)",
     )
     parser.add_argument("--cache", type=Path, default=Path("bench_cache"))
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parser.parse_args(argv)
     options = Options(**(QUICK if args.quick else {}))
-    for key in ("targets", "steps", "n_init", "splits", "attacks", "priors", "noise", "lpips_weights"):
+    keys = ("targets", "steps", "n_init", "splits", "attacks", "priors", "noise", "lpips_weights", "utility_images")
+    for key in keys:
         if getattr(args, key) is not None:
             setattr(options, key, getattr(args, key))
     options.cache, options.out, options.report_only = args.cache, args.out, args.report_only

@@ -23,6 +23,7 @@ from pfo.attacks import (
     Quantization,
     Targets,
     TopKPruning,
+    accuracy_under_defense,
 )
 from pfo.attacks.targets import ShardedBatches, target_generators
 from pfo.data import SyntheticImages
@@ -501,6 +502,22 @@ def test_the_attacker_sees_only_defended_features(tmp_path):
         assert not torch.equal(records[i]["reconstruction"], plain[i]["reconstruction"])
     # The defended run is scored against what the client really sent.
     assert records[0]["metrics"]["feature_distance"] != plain[0]["metrics"]["feature_distance"]
+
+
+def test_accuracy_under_defense_scores_the_features_the_attacker_sees():
+    victim = tiny_victim()
+    batches = [batch_of([0, 3, 5]), batch_of([7, 9])]
+    labels = torch.cat([b["label"] for b in batches])
+    clean = torch.cat([victim(b["image"]).argmax(1) for b in batches])
+    assert accuracy_under_defense(victim, None, batches) == pytest.approx(float((clean == labels).float().mean()))
+    # Under noise: the predictions from exactly what an attack run with the same seed receives.
+    attack = make_attack(defense=GaussianNoise(5.0), seed=7)
+    sent = torch.cat([attack.victim.tail(attack.client_features(b["image"], b["index"])).argmax(1) for b in batches])
+    assert not torch.equal(sent, clean)  # the noise changes the server's predictions, so the next check can fail
+    expected = float((sent == labels).float().mean())
+    assert accuracy_under_defense(victim, GaussianNoise(5.0), batches, seed=7) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no images"):
+        accuracy_under_defense(victim, None, [])
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from bench import benchmark
-from pfo.models import ResNet, save_victim
+from pfo.attacks.targets import spread_indices
+from pfo.data import SyntheticImages
+from pfo.models import ResNet, load_victim, save_victim
 from pfo.models.generator_file import save_generator
 from pfo.models.stylegan2 import Generator
 
@@ -66,6 +68,8 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
             "false",
         ],
         extra_attack_overrides=["--data.data", SYNTHETIC],
+        utility_data=json.loads(SYNTHETIC),
+        utility_images=8,
         cache=tmp_path / "cache",
         out=tmp_path / "out",
     )
@@ -76,11 +80,22 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
     for r in rows:
         assert r["summary"]["targets"] == 3
         assert {"psnr", "ssim", "feature_distance", "seconds", "utility_top1"} <= set(r["summary"]["metrics"])
+    # the victim's accuracy under each defense level, on 8 test images: without the defense, its plain accuracy
+    test_set = SyntheticImages(resolution=16).dataset("test")
+    chosen = [test_set[i] for i in spread_indices(len(test_set), 8)]
+    model = load_victim(victim)
+    plain = model(torch.stack([c["image"] for c in chosen])).argmax(1) == torch.tensor([c["label"] for c in chosen])
+    for r in rows:
+        assert r["utility"]["images"] == 8 and 0 <= r["utility"]["accuracy"] <= 1
+        if r["defense"] == "none":
+            assert r["utility"]["accuracy"] == pytest.approx(float(plain.float().mean()))
+    assert (options.out / "utility_layer1_noise0.1.json").is_file()
     # the decoder of the defended run was trained on defended features, and is a separate file
     assert (options.cache / "decoder_layer1_noise0.1" / "decoder.pt").exists()
     assert (options.cache / "decoder_layer1_noise0" / "decoder.pt").exists()
     table = benchmark.markdown_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| gaussian 0.1 | PFO | cifar10 | layer1 |" in table
+    assert table.count("(8 images) |") == len(rows)
     assert benchmark.psnr_plot(rows, tmp_path / "plot.png").stat().st_size > 0
     figure = benchmark.reconstruction_figure(rows, "layer1", tmp_path / "figure.png")
     assert figure is not None and figure.stat().st_size > 0
@@ -93,7 +108,7 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
     options.report_only, options.splits = True, ["layer1", "layer2"]
     (tmp_path / "cache").rename(tmp_path / "cache_moved")
     report = benchmark.run(options)
-    assert [(r["attack"], r["split"], r["defense"]) for r in report] == [
-        (r["attack"], r["split"], r["defense"]) for r in rows
+    assert [(r["attack"], r["split"], r["defense"], r["utility"]) for r in report] == [
+        (r["attack"], r["split"], r["defense"], r["utility"]) for r in rows
     ]
     assert not (tmp_path / "cache" / "decoder_layer2_noise0").exists()

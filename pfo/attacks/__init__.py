@@ -1,7 +1,15 @@
 """Stage 3: data-reconstruction attacks on split inference, and client-side defenses."""
 
 from pfo.attacks.base import Reconstruction, ReconstructionAttack
-from pfo.attacks.defenses import Defense, Dropout, GaussianNoise, LaplaceNoise, Quantization, TopKPruning
+from pfo.attacks.defenses import (
+    Defense,
+    Dropout,
+    GaussianNoise,
+    LaplaceNoise,
+    Quantization,
+    TopKPruning,
+    accuracy_under_defense,
+)
 from pfo.attacks.glass import GLASS
 from pfo.attacks.inverse_network import InverseNetwork, InverseNetworkTrainer
 from pfo.attacks.lm import LM
@@ -35,6 +43,7 @@ __all__ = [
     "ReconstructionAttack",
     "Targets",
     "TopKPruning",
+    "accuracy_under_defense",
     "feature_distance",
     "l1_radius",
     "project_deviation_",

@@ -18,10 +18,9 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
-from pfo.attacks.defenses import Defense
+from pfo.attacks.defenses import Defense, defense_generators
 from pfo.attacks.outputs import AttackOutputs
 from pfo.attacks.strategy import IndependentProcesses
-from pfo.attacks.targets import target_generators
 from pfo.metrics import ReconstructionMetrics, feature_distance, is_collapsed, top1_correct
 from pfo.models.split import SplitModel
 from pfo.models.victim_file import load_victim
@@ -100,7 +99,7 @@ class ReconstructionAttack(L.LightningModule):
         """What the client sends for its private ``images``: the head's features, through the defense."""
         h = self.victim.forward_head(images)
         if self.defense is not None:
-            generators = target_generators(self.seed + 1_000_003, index, device=h.device)
+            generators = defense_generators(self.seed, index, device=h.device)
             h = self.defense(h, generators)
         return h
 

@@ -7,8 +7,20 @@ its reconstruction, do not depend on which other targets share its batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
+
+from pfo.attacks.targets import target_generators
+
+# Offsets the run seed for the defense's draws, so they never coincide with the attack's own per-target draws.
+DEFENSE_SEED_OFFSET = 1_000_003
+
+
+def defense_generators(seed: int, indices: torch.Tensor, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample for a random defense, from the run ``seed`` and each sample's index in its split."""
+    return target_generators(seed + DEFENSE_SEED_OFFSET, indices, device=device)
 
 
 class Defense(nn.Module):
@@ -131,3 +143,24 @@ class TopKPruning(Defense):
         k = max(1, round(self.keep * flat.shape[1]))
         threshold = flat.abs().topk(k, dim=1).values[:, -1:]
         return torch.where(flat.abs() >= threshold, flat, torch.zeros_like(flat)).view_as(h)
+
+
+@torch.no_grad()
+def accuracy_under_defense(victim: nn.Module, defense: Defense | None, batches: Iterable[dict], seed: int = 0) -> float:
+    """Top-1 accuracy of the server's predictions from the defended features: the utility a defense leaves.
+
+    ``victim`` is a ``SplitModel`` (put in eval mode here); ``batches`` yields dicts with ``image`` in [0, 1],
+    ``label`` and ``index`` (a data module's loader). Each sample's noise is drawn as an attack run with the same
+    ``seed`` draws it for the same index, so this is the accuracy under the very features the attacker sees.
+    """
+    victim.eval()
+    correct = total = 0
+    for batch in batches:
+        h = victim.forward_head(batch["image"])
+        if defense is not None:
+            h = defense(h, defense_generators(seed, batch["index"], h.device))
+        correct += int((victim.tail(h).argmax(1) == batch["label"].to(h.device)).sum())
+        total += h.shape[0]
+    if total == 0:
+        raise ValueError("accuracy_under_defense got no images; check the data split and its loader")
+    return correct / total
