@@ -372,17 +372,15 @@ def victim_utility(options: Options, victim: Path | None, split: str, noise: flo
             return cached
     if victim is None:
         return None
-    import importlib
-
     from torch.utils.data import DataLoader, Subset
 
+    from pfo.artifacts import build_from_config
     from pfo.attacks import GaussianNoise, accuracy_under_defense
     from pfo.attacks.targets import spread_indices
+    from pfo.data import ImageDataModule
     from pfo.models import load_victim
 
-    module, _, name = options.utility_data["class_path"].rpartition(".")
-    data = getattr(importlib.import_module(module), name)(**options.utility_data.get("init_args", {}))
-    dataset = data.dataset("test")
+    dataset = build_from_config(options.utility_data, ImageDataModule).dataset("test")
     subset = Subset(dataset, spread_indices(len(dataset), options.utility_images))
     accuracy = accuracy_under_defense(
         load_victim(victim, split_point=split),
@@ -406,6 +404,7 @@ def run(options: Options, victim_path: str | None = None, prior_paths: dict[str,
     for noise in [None] + ([options.noise] if options.noise else []):
         defense = "none" if not noise else f"gaussian {noise:g}"
         for split in options.splits:
+            utility = victim_utility(options, victim, split, noise)
             for attack in options.attacks:
                 spec = ATTACKS[attack]
                 for prior in options.priors if spec.uses_prior else [None]:
@@ -424,7 +423,7 @@ def run(options: Options, victim_path: str | None = None, prior_paths: dict[str,
                             "split": split,
                             "defense": defense,
                             "init_passes": init_forward_passes(attack, options.n_init),
-                            "utility": victim_utility(options, victim, split, noise),
+                            "utility": utility,
                             "summary": summary,
                         }
                     )
