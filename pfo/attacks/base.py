@@ -96,10 +96,11 @@ class ReconstructionAttack(L.LightningModule):
     # ----- the client ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def client_features(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """What the client sends for its private ``images``: the head's features, through the defense."""
-        h = self.victim.forward_head(images)
+        """What the client sends for its private ``images`` (moved to the attack's device): the head's features,
+        through the defense."""
+        h = self.victim.forward_head(images.to(self.device))
         if self.defense is not None:
-            generators = defense_generators(self.seed, index, device=h.device)
+            generators = defense_generators(self.seed, index)
             h = self.defense(h, generators)
         return h
 
@@ -192,7 +193,7 @@ class ReconstructionAttack(L.LightningModule):
         self.log("targets_done", float(done), prog_bar=True, on_step=True, logger=False, batch_size=len(index))
         for name in ("psnr", "feature_distance"):
             if name in metrics:
-                kept = metrics[name][valid].float()
+                kept = metrics[name][valid.cpu()]  # metrics come back on the CPU
                 kept = kept[torch.isfinite(kept)]
                 if kept.numel():
                     self.log(f"attack/{name}", kept.mean(), on_step=True, batch_size=len(kept))

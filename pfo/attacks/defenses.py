@@ -18,9 +18,12 @@ from pfo.attacks.targets import target_generators
 DEFENSE_SEED_OFFSET = 1_000_003
 
 
-def defense_generators(seed: int, indices: torch.Tensor, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per sample for a random defense, from the run ``seed`` and each sample's index in its split."""
-    return target_generators(seed + DEFENSE_SEED_OFFSET, indices, device=device)
+def defense_generators(seed: int, indices: torch.Tensor) -> list[torch.Generator]:
+    """One generator per sample for a random defense, from the run ``seed`` and each sample's index in its split.
+
+    They are CPU generators whatever device the features live on (the draws are moved there), so a target's
+    defended features are the same on a laptop and on a GPU cluster: CUDA generators draw other numbers."""
+    return target_generators(seed + DEFENSE_SEED_OFFSET, indices)
 
 
 class Defense(nn.Module):
@@ -31,11 +34,13 @@ class Defense(nn.Module):
 
     @staticmethod
     def _per_sample(h: torch.Tensor, generators: list[torch.Generator] | None, draw) -> torch.Tensor:
+        """``draw(shape, generator, device)`` once per sample on its generator's device, moved to ``h``'s device;
+        without generators, one draw for the whole batch from the global generator of ``h``'s device."""
         if generators is None:
-            return draw(h.shape, None)
+            return draw(h.shape, None, h.device)
         if len(generators) != h.shape[0]:
             raise ValueError(f"need one generator per sample: {len(generators)} for a batch of {h.shape[0]}")
-        return torch.stack([draw(h.shape[1:], g) for g in generators])
+        return torch.stack([draw(h.shape[1:], g, g.device) for g in generators]).to(h.device)
 
 
 class AdditiveNoise(Defense):
@@ -59,7 +64,7 @@ class AdditiveNoise(Defense):
         raise NotImplementedError
 
     def forward(self, h, generators=None):
-        noise = self._per_sample(h, generators, lambda shape, g: self.unit_noise(shape, g, h.device))
+        noise = self._per_sample(h, generators, self.unit_noise)
         return h + self.scale * noise.to(h.dtype)
 
 
@@ -95,7 +100,8 @@ class Dropout(Defense):
         return f"rate={self.rate}"
 
     def forward(self, h, generators=None):
-        keep = self._per_sample(h, generators, lambda s, g: torch.rand(s, generator=g, device=h.device)) >= self.rate
+        keep = self._per_sample(h, generators, lambda s, g, device: torch.rand(s, generator=g, device=device))
+        keep = keep >= self.rate
         return h * keep.to(h.dtype)
 
 
@@ -158,7 +164,7 @@ def accuracy_under_defense(victim: nn.Module, defense: Defense | None, batches: 
     for batch in batches:
         h = victim.forward_head(batch["image"])
         if defense is not None:
-            h = defense(h, defense_generators(seed, batch["index"], h.device))
+            h = defense(h, defense_generators(seed, batch["index"]))
         correct += int((victim.tail(h).argmax(1) == batch["label"].to(h.device)).sum())
         total += h.shape[0]
     if total == 0:
