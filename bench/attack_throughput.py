@@ -1,6 +1,6 @@
 """Batched attack vs the same targets one at a time, side by side in one run, plus a profile of the batched run.
 
-    python bench/attack_throughput.py --targets 32 --steps 100 [--victim V.pt --generator G.pt]
+    python bench/attack_throughput.py --targets 32 --steps 100 [--victim V.pt --generator G.pt] [--device cuda]
 
 Without files it uses randomly initialised networks of the CIFAR-10 setting (ResNet-18 CIFAR stem split at
 layer2, the 32-px prior of configs/gan_cifar10.yaml): throughput does not depend on the weights. The two runs use
@@ -48,23 +48,37 @@ def main() -> None:
     parser.add_argument("--victim")
     parser.add_argument("--generator")
     parser.add_argument("--profile_steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    parser.add_argument("--batched_only", action="store_true", help="skip the one-at-a-time run")
     args = parser.parse_args()
     torch.manual_seed(0)
-    attack = build(args)
-    images = torch.rand(args.targets, 3, attack.victim.input_size, attack.victim.input_size)
+    device = torch.device(args.device)
+    attack = build(args).to(device)
+    images = torch.rand(args.targets, 3, attack.victim.input_size, attack.victim.input_size, device=device)
     index = torch.arange(args.targets)
     h = attack.client_features(images, index)
     print(
         f"PFO steps per stage {attack.steps}, n_init {args.n_init}, {args.targets} targets, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, device {device}"
     )
 
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    attack.reconstruct(h[:1], index[:1])  # warm-up: lazy initialisation, kernel selection
+    synchronize()
     start = time.perf_counter()
     attack.reconstruct(h, index)
+    synchronize()
     batched = time.perf_counter() - start
+    if args.batched_only:
+        print(f"batched ({args.targets} at once): {batched:8.1f} s  {args.targets / batched:7.2f} images/s")
+        return
     start = time.perf_counter()
     for i in range(args.targets):
         attack.reconstruct(h[i : i + 1], index[i : i + 1])
+    synchronize()
     single = time.perf_counter() - start
     print(f"batched ({args.targets} at once): {batched:8.1f} s  {args.targets / batched:7.2f} images/s")
     print(f"one at a time:        {single:8.1f} s  {args.targets / single:7.2f} images/s")
@@ -73,7 +87,8 @@ def main() -> None:
     if args.profile_steps:
         attack.steps = [args.profile_steps // 2, args.profile_steps // 2]
         attack.hparams.n_init = 1
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
             attack.reconstruct(h, index)
         print(f"\nprofile of the batched run ({args.profile_steps} steps, stage 0 and stage 1):")
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=40))
