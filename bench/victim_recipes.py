@@ -94,7 +94,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
 
-    configs, pending, running, started = {}, list(recipes), {}, {}
+    configs, pending, running, started, seconds = {}, list(recipes), {}, {}, {}
     begin = time.perf_counter()
     for name in recipes:
         configs[name] = recipe_config(base, recipes[name] or {}, out, name)
@@ -114,8 +114,8 @@ def main() -> None:
         for name, (process, log) in list(running.items()):
             if process.poll() is not None:
                 log.close()
-                started[name] = time.perf_counter() - started[name]
-                print(f"{name}: exit {process.returncode} after {started[name]:.0f} s", flush=True)
+                seconds[name] = time.perf_counter() - started[name]
+                print(f"{name}: exit {process.returncode} after {seconds[name]:.0f} s", flush=True)
                 del running[name]
 
     rows = []
@@ -132,7 +132,7 @@ def main() -> None:
                 "epochs": config["trainer"]["max_epochs"],
                 "cpu_minutes": cpu_minutes(config, minutes),
                 "accuracy": accuracy,
-                "seconds_here": round(started[name], 1) if name in started else None,
+                "seconds_here": round(seconds[name], 1) if name in seconds else None,
             }
         )
     (out / "recipes.json").write_text(json.dumps(rows, indent=2))

@@ -19,10 +19,8 @@ DEFENSE_SEED_OFFSET = 1_000_003
 
 
 def defense_generators(seed: int, indices: torch.Tensor) -> list[torch.Generator]:
-    """One generator per sample for a random defense, from the run ``seed`` and each sample's index in its split.
-
-    They are CPU generators whatever device the features live on (the draws are moved there), so a target's
-    defended features are the same on a laptop and on a GPU cluster: CUDA generators draw other numbers."""
+    """One (CPU) generator per sample for a random defense, from the run ``seed`` and each sample's index in its
+    split, so a target's defended features are the same on a laptop and on a GPU cluster."""
     return target_generators(seed + DEFENSE_SEED_OFFSET, indices)
 
 

@@ -30,8 +30,10 @@ def target_seed(seed: int, index: int) -> int:
     return int(unit_hash(f"pfo-target-seed-{seed}", str(int(index))) * 2**62)
 
 
-def target_generators(seed: int, indices: torch.Tensor, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    return [torch.Generator(device=device).manual_seed(target_seed(seed, int(i))) for i in indices]
+def target_generators(seed: int, indices: torch.Tensor) -> list[torch.Generator]:
+    """One CPU generator per target. Always the CPU, whatever device the attack runs on (draws are moved there):
+    CUDA generators draw other numbers, and a target's start and defense noise must not depend on the device."""
+    return [torch.Generator().manual_seed(target_seed(seed, int(i))) for i in indices]
 
 
 def spread_indices(length: int, count: int) -> list[int]:
