@@ -103,6 +103,7 @@ class Options:
     noise: float = 0.1
     victim_overrides: list[str] = field(default_factory=list)
     prior_overrides: list[str] = field(default_factory=list)
+    decoder_epochs: int = 1  # each inverse-network decoder's epochs over the public half (its config says 2)
     decoder_overrides: list[str] = field(default_factory=list)
     extra_attack_overrides: list[str] = field(default_factory=list)
     lpips_weights: str | None = None
@@ -135,7 +136,7 @@ QUICK = dict(
         "[]",
     ],
     prior_overrides=["--trainer.max_steps", "100", "--trainer.max_time", "null"],
-    decoder_overrides=["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "30"],
+    decoder_overrides=["--trainer.limit_train_batches", "30"],
 )
 
 
@@ -185,6 +186,8 @@ def ensure_decoder(options: Options, victim: Path, split: str, noise: float | No
         "--model.init_args.split_point",
         split,
         *defense_arg(noise),
+        "--trainer.max_epochs",
+        str(options.decoder_epochs),
         *options.decoder_overrides,
     ]
     return _train("configs/in_cifar10.yaml", name, options.cache, overrides, "decoder.pt")
@@ -392,7 +395,120 @@ def victim_utility(options: Options, victim: Path | None, split: str, noise: flo
     return result
 
 
-def run(options: Options, victim_path: str | None = None, prior_paths: dict[str, str] | None = None) -> list[dict]:
+@dataclass(frozen=True)
+class Cell:
+    """One attack run of the table: an attack at a split point, with a prior (PFO, GLASS) and a defense level."""
+
+    attack: str
+    split: str
+    prior: str | None
+    noise: float | None
+
+    @property
+    def name(self) -> str:
+        return run_name(self.attack, self.split, self.prior, self.noise)
+
+    @property
+    def cost(self) -> float:
+        """A rough relative cost, only to start the longest runs first when cells run in parallel: an inverse
+        network trains a decoder over the whole public half; deeper split points cost more per step."""
+        weight = {"in": 100.0, "glass": 1.5, "lm": 1.2, "pfo": 1.0, "rmle": 0.6}[self.attack]
+        return weight * (1 + SPLITS.index(self.split))
+
+
+def table_cells(options: Options) -> list[Cell]:
+    """Every run of the table, in the table's order: defense level, split point, attack, prior."""
+    return [
+        Cell(attack, split, prior, noise)
+        for noise in [None] + ([options.noise] if options.noise else [])
+        for split in options.splits
+        for attack in options.attacks
+        for prior in (options.priors if ATTACKS[attack].uses_prior else [None])
+    ]
+
+
+def is_complete(options: Options, cell: Cell) -> bool:
+    """Finished with every target asked for (a run with fewer targets is resumed and extended)."""
+    summary = finished_summary(options.out / cell.name)
+    return summary is not None and summary["targets"] >= options.targets
+
+
+def compute_cell(options: Options, cell: Cell, victim: Path, priors: dict[str, Path]) -> dict:
+    """Train the cell's decoder when it needs one (IN), then run (or resume) its attack."""
+    decoder = ensure_decoder(options, victim, cell.split, cell.noise) if cell.attack == "in" else None
+    prior = priors.get(cell.prior) if cell.prior else None
+    return run_attack(options, cell.attack, victim, cell.split, prior, decoder, cell.noise, cell.name)
+
+
+def _worker_start(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _compute_cell_logged(options: Options, cell: Cell, victim: Path, priors: dict[str, Path], log: Path) -> float:
+    """``compute_cell`` in a worker process, its output (Lightning's included) sent to ``log``; returns seconds."""
+    import os
+    import time
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as stream:
+        os.dup2(stream.fileno(), 1)
+        os.dup2(stream.fileno(), 2)
+        try:
+            compute_cell(options, cell, victim, priors)
+        except SystemExit as exit:  # jsonargparse rejected an option: a failure of this run, not of the worker
+            raise RuntimeError(f"its command line was rejected (exit code {exit.code})") from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    return time.perf_counter() - start
+
+
+def compute_in_parallel(options: Options, cells: list[Cell], victim: Path, priors: dict[str, Path], jobs: int) -> None:
+    """Run ``cells`` in ``jobs`` worker processes, the cores shared evenly among them, longest first.
+
+    The attacks' small convolutions use several cores poorly, so independent runs side by side finish the table
+    sooner than one run after another with every core each. Each run's output goes to ``<out>/logs/<run>.log``; a
+    run that fails does not stop the others, and the failures are raised together at the end.
+    """
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    ordered = sorted(cells, key=lambda c: -c.cost)
+    print(f"running {len(ordered)} attack runs in {jobs} processes of {threads} thread(s) each")
+    start, failures = time.perf_counter(), []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start, initargs=(threads,)) as pool:
+        futures = {
+            pool.submit(_compute_cell_logged, options, c, victim, priors, options.out / "logs" / f"{c.name}.log"): c
+            for c in ordered
+        }
+        for done, future in enumerate(as_completed(futures), 1):
+            cell, log = futures[future], options.out / "logs" / f"{futures[future].name}.log"
+            try:
+                seconds = future.result()
+                print(f"[{done}/{len(ordered)}] {cell.name}: {seconds / 60:.1f} min (log: {log})", flush=True)
+            except Exception as error:  # noqa: BLE001 - reported with its log below, the other runs go on
+                failures.append(f"{cell.name}: {type(error).__name__}: {error} (log: {log})")
+                print(f"[{done}/{len(ordered)}] {cell.name}: FAILED (log: {log})", flush=True)
+    print(f"{len(ordered)} attack runs in {(time.perf_counter() - start) / 60:.1f} min")
+    if failures:
+        raise RuntimeError(f"{len(failures)} benchmark run(s) failed:\n" + "\n".join(failures))
+
+
+def run(
+    options: Options, victim_path: str | None = None, prior_paths: dict[str, str] | None = None, jobs: int = 1
+) -> list[dict]:
+    """Compute what the table lacks (with ``jobs`` > 1 in parallel processes) and return its rows."""
     options.cache.mkdir(parents=True, exist_ok=True)
     options.out.mkdir(parents=True, exist_ok=True)
     if options.report_only:  # tabulate the finished runs under --out; train and attack nothing
@@ -400,33 +516,32 @@ def run(options: Options, victim_path: str | None = None, prior_paths: dict[str,
     else:
         victim = ensure_victim(options, victim_path)
         priors = {name: ensure_prior(options, name, prior_paths or {}) for name in options.priors}
+    cells = table_cells(options)
+    levels = dict.fromkeys((c.split, c.noise) for c in cells)  # each split point and defense level once, in order
+    utility = {(split, noise): victim_utility(options, victim, split, noise) for split, noise in levels}
+    if not options.report_only:
+        missing = [c for c in cells if not is_complete(options, c)]
+        if jobs > 1 and len(missing) > 1:
+            compute_in_parallel(options, missing, victim, priors, jobs)
+        else:
+            for c in missing:
+                compute_cell(options, c, victim, priors)
     rows = []
-    for noise in [None] + ([options.noise] if options.noise else []):
-        defense = "none" if not noise else f"gaussian {noise:g}"
-        for split in options.splits:
-            utility = victim_utility(options, victim, split, noise)
-            for attack in options.attacks:
-                spec = ATTACKS[attack]
-                for prior in options.priors if spec.uses_prior else [None]:
-                    name = run_name(attack, split, prior, noise)
-                    if options.report_only:
-                        summary = finished_summary(options.out / name)
-                        if summary is None:
-                            continue
-                    else:
-                        decoder = ensure_decoder(options, victim, split, noise) if attack == "in" else None
-                        summary = run_attack(options, attack, victim, split, priors.get(prior), decoder, noise, name)
-                    rows.append(
-                        {
-                            "attack": spec.name,
-                            "prior": prior or "-",
-                            "split": split,
-                            "defense": defense,
-                            "init_passes": init_forward_passes(attack, options.n_init),
-                            "utility": utility,
-                            "summary": summary,
-                        }
-                    )
+    for c in cells:
+        summary = finished_summary(options.out / c.name)
+        if summary is None:
+            continue  # --report_only: a run that never finished
+        rows.append(
+            {
+                "attack": ATTACKS[c.attack].name,
+                "prior": c.prior or "-",
+                "split": c.split,
+                "defense": "none" if not c.noise else f"gaussian {c.noise:g}",
+                "init_passes": init_forward_passes(c.attack, options.n_init),
+                "utility": utility[c.split, c.noise],
+                "summary": summary,
+            }
+        )
     return rows
 
 
@@ -443,7 +558,10 @@ def main(argv: list[str] | None = None) -> None:
         "--noise", type=float, help="std of the Gaussian-noise defense (default 0.1; 0: no defense rows)"
     )
     parser.add_argument(
-        "--decoder_epochs", type=int, help="training epochs of each inverse-network decoder (default: its config's)"
+        "--decoder_epochs",
+        type=int,
+        help="training epochs of each inverse-network decoder on the public half (default 1, as in bench/RESULTS.md; "
+        "a decoder cached under --cache is reused whatever its epochs)",
     )
     parser.add_argument("--victim", help="reuse this victim file instead of training one")
     parser.add_argument(
@@ -467,19 +585,37 @@ def main(argv: list[str] | None = None) -> None:
         help="tabulate the finished runs under --out; train and attack nothing (with --victim, still measure the "
         "victim's accuracy under each defense level where --out has none)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="attack runs side by side in worker processes, the cores shared evenly among them (default 1: one "
+        "after another, each with every core); bench/RESULTS.md was computed as two single-threaded runs at a time",
+    )
     parser.add_argument("--cache", type=Path, default=Path("bench_cache"))
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parser.parse_args(argv)
     options = Options(**(QUICK if args.quick else {}))
-    keys = ("targets", "steps", "n_init", "splits", "attacks", "priors", "noise", "lpips_weights", "utility_images")
+    keys = (
+        "targets",
+        "steps",
+        "n_init",
+        "splits",
+        "attacks",
+        "priors",
+        "noise",
+        "decoder_epochs",
+        "lpips_weights",
+        "utility_images",
+    )
     for key in keys:
         if getattr(args, key) is not None:
             setattr(options, key, getattr(args, key))
     options.cache, options.out, options.report_only = args.cache, args.out, args.report_only
-    if args.decoder_epochs is not None:
-        options.decoder_overrides = [*options.decoder_overrides, "--trainer.max_epochs", str(args.decoder_epochs)]
     given = dict(p.split("=", 1) for p in args.prior)
-    rows = run(options, args.victim, given)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    rows = run(options, args.victim, given, jobs=args.jobs)
     table = markdown_table(rows)
     (options.out / "table.md").write_text(table + "\n")
     (options.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from bench import benchmark
 from pfo.attacks.targets import spread_indices
@@ -37,8 +39,8 @@ def test_step_budget_is_shared():
     assert benchmark.init_forward_passes("pfo", 8) == 8 and benchmark.init_forward_passes("rmle", 8) == 0
 
 
-@pytest.mark.slow
-def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
+def tiny_benchmark(tmp_path, **changes) -> tuple[str, dict[str, str], benchmark.Options]:
+    """A victim, a prior and the benchmark's options at tiny size, on synthetic images."""
     torch.manual_seed(0)
     victim = save_victim(
         ResNet(depth=18, num_classes=4, stem="cifar", input_size=16, split_point="layer1").eval(),
@@ -58,8 +60,6 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
         decoder_overrides=[
             "--data",
             SYNTHETIC_PUBLIC,
-            "--trainer.max_epochs",
-            "1",
             "--trainer.limit_train_batches",
             "2",
             "--model.init_args.width",
@@ -73,7 +73,15 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
         cache=tmp_path / "cache",
         out=tmp_path / "out",
     )
-    rows = benchmark.run(options, str(victim), {"cifar10": str(prior)})
+    for key, value in changes.items():
+        setattr(options, key, value)
+    return str(victim), {"cifar10": str(prior)}, options
+
+
+@pytest.mark.slow
+def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
+    victim, prior, options = tiny_benchmark(tmp_path)
+    rows = benchmark.run(options, victim, prior)
     # 5 attacks x 1 split x 1 prior, with and without the defense
     assert len(rows) == 10
     assert {r["attack"] for r in rows} == {"PFO", "GLASS", "rMLE", "LM", "IN"}
@@ -100,7 +108,7 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
     figure = benchmark.reconstruction_figure(rows, "layer1", tmp_path / "figure.png")
     assert figure is not None and figure.stat().st_size > 0
     # a rerun resumes every attack run from its folder: nothing is recomputed, the numbers are the same
-    again = benchmark.run(options, str(victim), {"cifar10": str(prior)})
+    again = benchmark.run(options, victim, prior)
     assert [r["summary"]["metrics"]["psnr"]["mean"] for r in again] == [
         r["summary"]["metrics"]["psnr"]["mean"] for r in rows
     ]
@@ -112,3 +120,32 @@ def test_every_attack_runs_and_the_report_is_written(tmp_path, plain_argv):
         (r["attack"], r["split"], r["defense"], r["utility"]) for r in rows
     ]
     assert not (tmp_path / "cache" / "decoder_layer2_noise0").exists()
+
+
+@pytest.mark.slow
+def test_parallel_runs_match_the_sequential_ones(tmp_path, plain_argv):
+    """``--jobs 2``: the same rows and numbers as one run after another (the IN cell trains its decoder in a worker),
+    each run's output in its own log; a failing run does not stop the others and is reported with its log."""
+    victim, prior, options = tiny_benchmark(tmp_path, attacks=["rmle", "pfo", "in"], noise=0.0, decoder_epochs=2)
+    sequential = benchmark.run(options, victim, prior)
+    options.out, options.cache = tmp_path / "out_parallel", tmp_path / "cache_parallel"
+    parallel = benchmark.run(options, victim, prior, jobs=2)
+    assert [(r["attack"], r["split"], r["defense"]) for r in parallel] == [
+        (r["attack"], r["split"], r["defense"]) for r in sequential
+    ]
+    for a, b in zip(sequential, parallel):
+        assert b["summary"]["targets"] == 3
+        psnr = a["summary"]["metrics"]["psnr"]["mean"]
+        assert b["summary"]["metrics"]["psnr"]["mean"] == pytest.approx(psnr, abs=1e-3)
+    assert (options.cache / "decoder_layer1_noise0" / "decoder.pt").exists()
+    decoder_run = yaml.safe_load((options.cache / "decoder_layer1_noise0" / "config.yaml").read_text())
+    assert decoder_run["trainer"]["max_epochs"] == 2
+    for r in parallel:
+        assert (options.out / "logs" / f"{Path(r['summary']['folder']).name}.log").stat().st_size > 0
+
+    options.out, options.attacks = tmp_path / "out_failing", ["rmle"]
+    options.noise, options.splits = 0.1, ["layer1", "layer2"]
+    options.extra_attack_overrides = [*options.extra_attack_overrides, "--model.init_args.no_such_option", "1"]
+    with pytest.raises(RuntimeError, match="4 benchmark run") as failure:
+        benchmark.run(options, victim, prior, jobs=2)
+    assert "rmle_layer2_none_noise0.1" in str(failure.value) and "log:" in str(failure.value)
