@@ -470,3 +470,30 @@ def test_a_requeued_training_run_resumes_at_the_step_it_was_stopped(tmp_path, is
     steps = [int(line.split()[0]) for line in (tmp_path / "steps.txt").read_text().splitlines()]
     assert steps == list(range(6)) + list(range(5, 12))  # step 5 was cut short and is redone
     assert (run / "victim.pt").exists()
+
+
+# ----- the benchmark job ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cpus", "threads", "jobs"), [("8", "2", 4), ("16", None, 16), ("1", "4", 1), (None, None, 1)])
+def test_the_benchmark_job_runs_one_attack_run_per_threads_of_its_cpus(tmp_path, cpus, threads, jobs):
+    """``benchmark.sbatch`` hands ``bench/benchmark.py`` ``--jobs`` = CPUs / threads per run (at least 1), every CPU
+    as ``OMP_NUM_THREADS`` (the benchmark splits them among its runs), in the checkout ``PFO_REPO``, through srun."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\necho "srun"\nexec "$@"\n')
+    (bin_dir / "python").write_text('#!/bin/sh\necho "cwd=$(pwd) threads=$OMP_NUM_THREADS args=$*"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PFO_", "OMP_"))}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", PFO_PYTHON=str(bin_dir / "python"), PFO_REPO=str(tmp_path))
+    if cpus:
+        env["SLURM_CPUS_PER_TASK"] = cpus
+    if threads:
+        env["PFO_BENCH_THREADS"] = threads
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "benchmark.sbatch"
+    out = subprocess.run(
+        ["bash", str(script), "--targets", "4"], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[1] == "srun"
+    assert out[2] == f"cwd={tmp_path} threads={cpus or 1} args=bench/benchmark.py --jobs {jobs} --targets 4"
