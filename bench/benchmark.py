@@ -9,8 +9,9 @@ It trains what it is not given (the victim, the in-distribution prior on the pub
 Tiny-ImageNet, one inverse-network decoder per split point and defense) and caches it under ``--cache``; attack runs
 live under ``--out`` and resume like any attack run, so a rerun only computes what is missing. Every attack gets the
 same targets and the same number of optimisation steps per target; latent-search forward passes (PFO, GLASS) are
-reported in their own column. Output: ``table.md`` (also printed), ``results.json``, ``reconstructions.png`` (rows:
-originals and each attack; columns: targets) and ``psnr_vs_split.png``. Data: ``$PFO_DATA_ROOT`` or ``data/``.
+reported in their own column. Output: ``table.md`` (also printed), ``results.json``, one
+``reconstructions_<split>.png`` per split point (rows: originals and each attack; columns: targets) and
+``psnr_vs_split.png``. Data: ``$PFO_DATA_ROOT`` or ``data/``.
 """
 
 from __future__ import annotations
@@ -291,22 +292,44 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int = 8) -> Path | None:
-    """Rows: the originals and each attack's reconstructions at ``split``; columns: the first targets."""
-    from torchvision.utils import save_image
+    """Rows: the originals and each attack's reconstructions at ``split`` without a defense, each row labelled with
+    its attack, prior and mean PSNR; columns: the first ``count`` targets."""
+    from torchvision.utils import make_grid, save_image
 
     chosen = [r for r in rows if r["split"] == split and r["defense"] == "none"]
     if not chosen:
         return None
-    images = []
     first = torch.load(Path(chosen[0]["summary"]["folder"]) / "reconstructions.pt", weights_only=True)
     index = first["index"][:count]
+    images, labels = [], []
     originals = originals_for(index)
     if originals is not None:
         images.append(originals)
+        labels.append("original")
     for r in chosen:
         data = torch.load(Path(r["summary"]["folder"]) / "reconstructions.pt", weights_only=True)
         images.append(data["reconstructions"][:count])
-    save_image(torch.cat(images), path, nrow=len(index), padding=1, pad_value=1.0)
+        psnr = r["summary"]["metrics"].get("psnr", {}).get("mean", math.nan)
+        labels.append(f"{r['attack']}" + (f" ({r['prior']})" if r["prior"] != "-" else "") + f"\n{psnr:.1f} dB")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the same grid, without the labels
+        save_image(torch.cat(images), path, nrow=len(index), padding=1, pad_value=1.0)
+        return path
+    fig, axes = plt.subplots(len(images), 1, figsize=(1.8 + 0.9 * len(index), 0.3 + 0.9 * len(images)), squeeze=False)
+    for ax, row, label in zip(axes[:, 0], images, labels):
+        grid = make_grid(row.float().clamp(0, 1), nrow=len(index), padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"reconstructions at {split}, no defense", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 
@@ -321,7 +344,13 @@ def originals_for(index: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+ATTACK_COLOURS = {"PFO": "tab:blue", "GLASS": "tab:orange", "rMLE": "tab:green", "LM": "tab:red", "IN": "tab:purple"}
+PRIOR_STYLES = {"-": ("-", "o"), "cifar10": ("-", "o"), "tinyimagenet": ("--", "^")}  # line, marker
+
+
 def psnr_plot(rows: list[dict], path: Path) -> Path | None:
+    """Mean PSNR against the split point: one panel per defense level, a colour per attack, a line style per prior
+    (dashed: the OOD prior)."""
     try:
         import matplotlib
 
@@ -330,22 +359,28 @@ def psnr_plot(rows: list[dict], path: Path) -> Path | None:
     except ImportError:
         print("matplotlib not installed: skipping the PSNR-vs-split plot (pip install matplotlib)")
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups: dict[tuple, list] = {}
-    for r in rows:
-        groups.setdefault((r["attack"], r["prior"], r["defense"]), []).append(r)
-    for (attack, prior, defense), items in sorted(groups.items()):
-        items = sorted(items, key=lambda r: SPLITS.index(r["split"]))
-        xs = [SPLITS.index(r["split"]) for r in items]
-        ys = [r["summary"]["metrics"]["psnr"]["mean"] if "psnr" in r["summary"]["metrics"] else math.nan for r in items]
-        label = f"{attack}" + (f" ({prior})" if prior != "-" else "") + (f", {defense}" if defense != "none" else "")
-        ax.plot(xs, ys, marker="o", linestyle="--" if defense != "none" else "-", label=label)
-    ax.set_xticks(range(len(SPLITS)), SPLITS)
-    ax.set_xlabel("split point")
-    ax.set_ylabel("PSNR (dB), mean over targets")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    defenses = sorted({r["defense"] for r in rows}, key=lambda d: (d != "none", d))
+    fig, axes = plt.subplots(
+        1, len(defenses), figsize=(6 * len(defenses), 4.5), sharey=True, squeeze=False, layout="constrained"
+    )
+    for ax, defense in zip(axes[0], defenses):
+        groups: dict[tuple, list] = {}
+        for r in rows:
+            if r["defense"] == defense:
+                groups.setdefault((r["attack"], r["prior"]), []).append(r)
+        for (attack, prior), items in sorted(groups.items()):
+            items = sorted(items, key=lambda r: SPLITS.index(r["split"]))
+            xs = [SPLITS.index(r["split"]) for r in items]
+            ys = [r["summary"]["metrics"].get("psnr", {}).get("mean", math.nan) for r in items]
+            line, marker = PRIOR_STYLES.get(prior, (":", "s"))
+            label = attack + (f" ({prior} prior)" if prior != "-" else "")
+            ax.plot(xs, ys, color=ATTACK_COLOURS.get(attack), linestyle=line, marker=marker, label=label)
+        ax.set_title(f"defense: {defense}")
+        ax.set_xticks(range(len(SPLITS)), SPLITS)
+        ax.set_xlabel("split point")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("PSNR (dB), mean over targets")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -619,11 +654,12 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(rows)
     (options.out / "table.md").write_text(table + "\n")
     (options.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    figure = reconstruction_figure(rows, options.splits[len(options.splits) // 2], options.out / "reconstructions.png")
+    figures = [reconstruction_figure(rows, s, options.out / f"reconstructions_{s}.png") for s in options.splits]
     plot = psnr_plot(rows, options.out / "psnr_vs_split.png")
     print("\n" + table + "\n")
     print(f"command: python bench/benchmark.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-    print(f"written: {options.out / 'table.md'}, {options.out / 'results.json'}, {figure}, {plot}")
+    written = [options.out / "table.md", options.out / "results.json", *filter(None, figures), plot]
+    print("written: " + ", ".join(str(w) for w in written if w))
 
 
 if __name__ == "__main__":
