@@ -494,8 +494,8 @@ def _compute_cell_logged(options: Options, cell: Cell, victim: Path, priors: dic
         os.dup2(stream.fileno(), 2)
         try:
             compute_cell(options, cell, victim, priors)
-        except SystemExit as exit:  # jsonargparse rejected an option: a failure of this run, not of the worker
-            raise RuntimeError(f"its command line was rejected (exit code {exit.code})") from None
+        except SystemExit as exit:  # a rejected option (jsonargparse) or an interrupt (Lightning): this run failed
+            raise RuntimeError(f"it exited with code {exit.code}: a rejected option or an interrupt") from None
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -550,7 +550,8 @@ def run(
         victim, priors = (Path(victim_path) if victim_path else None), {}
     else:
         victim = ensure_victim(options, victim_path)
-        priors = {name: ensure_prior(options, name, prior_paths or {}) for name in options.priors}
+        needed = [name for name in options.priors if any(ATTACKS[a].uses_prior for a in options.attacks)]
+        priors = {name: ensure_prior(options, name, prior_paths or {}) for name in needed}
     cells = table_cells(options)
     levels = dict.fromkeys((c.split, c.noise) for c in cells)  # each split point and defense level once, in order
     utility = {(split, noise): victim_utility(options, victim, split, noise) for split, noise in levels}

@@ -146,6 +146,6 @@ def test_parallel_runs_match_the_sequential_ones(tmp_path, plain_argv):
     options.out, options.attacks = tmp_path / "out_failing", ["rmle"]
     options.noise, options.splits = 0.1, ["layer1", "layer2"]
     options.extra_attack_overrides = [*options.extra_attack_overrides, "--model.init_args.no_such_option", "1"]
-    with pytest.raises(RuntimeError, match="4 benchmark run") as failure:
-        benchmark.run(options, victim, prior, jobs=2)
+    with pytest.raises(RuntimeError, match="4 benchmark run") as failure:  # no prior given, none trained: no
+        benchmark.run(options, victim, {}, jobs=2)  # attack of this run needs one (training it would fail here)
     assert "rmle_layer2_none_noise0.1" in str(failure.value) and "log:" in str(failure.value)
