@@ -13,7 +13,7 @@ from bench import benchmark
 from pfo.attacks.targets import spread_indices
 from pfo.data import SyntheticImages
 from pfo.models import ResNet, load_victim, save_victim
-from pfo.models.generator_file import save_generator
+from pfo.models.generator_file import load_generator, save_generator
 from pfo.models.stylegan2 import Generator
 
 SYNTHETIC = json.dumps({"class_path": "pfo.data.SyntheticImages", "init_args": {"resolution": 16}})
@@ -149,3 +149,21 @@ def test_parallel_runs_match_the_sequential_ones(tmp_path, plain_argv):
     with pytest.raises(RuntimeError, match="4 benchmark run") as failure:  # no prior given, none trained: no
         benchmark.run(options, victim, {}, jobs=2)  # attack of this run needs one (training it would fail here)
     assert "rmle_layer2_none_noise0.1" in str(failure.value) and "log:" in str(failure.value)
+
+
+def test_the_untrained_prior_has_the_architecture_and_fresh_weights(tmp_path):
+    from bench import untrained_prior
+
+    trained = Generator(z_dim=16, w_dim=16, resolution=32, n_mlp=2, channel_base=128, channel_max=16)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)  # stands in for training
+    save_generator(trained, tmp_path / "trained.pt")
+    untrained_prior.main([str(tmp_path / "trained.pt"), str(tmp_path / "untrained.pt")])
+    fresh = load_generator(tmp_path / "untrained.pt")
+    assert fresh.config == trained.config
+    assert fresh.mapping.w_avg.abs().sum() > 0  # the mapping's own mean w, not zeros
+    for (name, a), b in zip(trained.named_parameters(), fresh.parameters()):
+        assert not torch.equal(a, b), name
+    again = untrained_prior.untrained_like(trained, seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(again.state_dict().values(), fresh.state_dict().values()))
