@@ -17,6 +17,7 @@ reported in their own column. Output: ``table.md`` (also printed), ``results.jso
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -291,6 +292,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, or None where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int = 8) -> Path | None:
     """Rows: the originals and each attack's reconstructions at ``split`` without a defense, each row labelled with
     its attack, prior and mean PSNR; columns: the first ``count`` targets."""
@@ -311,12 +324,8 @@ def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int =
         images.append(data["reconstructions"][:count])
         psnr = r["summary"]["metrics"].get("psnr", {}).get("mean", math.nan)
         labels.append(f"{r['attack']}" + (f" ({r['prior']})" if r["prior"] != "-" else "") + f"\n{psnr:.1f} dB")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the same grid, without the labels
+    plt = _pyplot()
+    if plt is None:  # the same grid, without the labels
         save_image(torch.cat(images), path, nrow=len(index), padding=1, pad_value=1.0)
         return path
     fig, axes = plt.subplots(len(images), 1, figsize=(1.8 + 0.9 * len(index), 0.3 + 0.9 * len(images)), squeeze=False)
@@ -333,12 +342,17 @@ def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int =
     return path
 
 
+@functools.cache
+def _cifar10_test_set():
+    """Built once for every split point's figure (the targets are the same test images)."""
+    from pfo.data import CIFAR10
+
+    return CIFAR10(resolution=32, cache=False).dataset("test")
+
+
 def originals_for(index: torch.Tensor) -> torch.Tensor | None:
     try:
-        from pfo.data import CIFAR10
-
-        data = CIFAR10(resolution=32, cache=False)
-        dataset = data.dataset("test")
+        dataset = _cifar10_test_set()
         return torch.stack([dataset[int(i)]["image"] for i in index])
     except Exception:  # the figure then shows reconstructions only
         return None
@@ -351,12 +365,8 @@ PRIOR_STYLES = {"-": ("-", "o"), "cifar10": ("-", "o"), "tinyimagenet": ("--", "
 def psnr_plot(rows: list[dict], path: Path) -> Path | None:
     """Mean PSNR against the split point: one panel per defense level, a colour per attack, a line style per prior
     (dashed: the OOD prior)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         print("matplotlib not installed: skipping the PSNR-vs-split plot (pip install matplotlib)")
         return None
     defenses = sorted({r["defense"] for r in rows}, key=lambda d: (d != "none", d))
@@ -523,12 +533,10 @@ def compute_in_parallel(options: Options, cells: list[Cell], victim: Path, prior
     start, failures = time.perf_counter(), []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start, initargs=(threads,)) as pool:
-        futures = {
-            pool.submit(_compute_cell_logged, options, c, victim, priors, options.out / "logs" / f"{c.name}.log"): c
-            for c in ordered
-        }
+        logs = {c: options.out / "logs" / f"{c.name}.log" for c in ordered}
+        futures = {pool.submit(_compute_cell_logged, options, c, victim, priors, logs[c]): c for c in ordered}
         for done, future in enumerate(as_completed(futures), 1):
-            cell, log = futures[future], options.out / "logs" / f"{futures[future].name}.log"
+            cell, log = futures[future], logs[futures[future]]
             try:
                 seconds = future.result()
                 print(f"[{done}/{len(ordered)}] {cell.name}: {seconds / 60:.1f} min (log: {log})", flush=True)
@@ -550,7 +558,7 @@ def run(
         victim, priors = (Path(victim_path) if victim_path else None), {}
     else:
         victim = ensure_victim(options, victim_path)
-        needed = [name for name in options.priors if any(ATTACKS[a].uses_prior for a in options.attacks)]
+        needed = options.priors if any(ATTACKS[a].uses_prior for a in options.attacks) else []
         priors = {name: ensure_prior(options, name, prior_paths or {}) for name in needed}
     cells = table_cells(options)
     levels = dict.fromkeys((c.split, c.noise) for c in cells)  # each split point and defense level once, in order
