@@ -224,5 +224,6 @@ def test_lfw_config_trains_on_a_small_fake_lfw(isolated, count_steps):
     run = isolated / "logs" / "victim_lfw_resnet18"  # the config's relative save_dir, inside tmp_path
     victim = load_victim(run / "victim.pt")
     assert victim.meta["classes"] == ["Ann_Lee", "Bo_Chen"] and victim.input_size == 16
-    assert victim.split_points[:3] == ["conv1", "bn1", "relu"] and "maxpool" not in victim.split_points
+    # the literature's face victim: ImageNet stem (its max-pool is a split point; the CIFAR stem has none)
+    assert victim.split_points[:4] == ["conv1", "bn1", "relu", "maxpool"]
     assert cli.trainer.global_step == 2
