@@ -38,6 +38,30 @@ from pfo.models.stylegan2 import Discriminator, Generator
 INERT_MODULE_SRC = "raise RuntimeError('module_src must never be executed')\n"
 
 # ----------------------------------------------------------------------------------------------------------
+# Weights that any implementation with NVlabs' names can be given.
+
+
+def fill_seeded(model: torch.nn.Module, seed: int, lr_mlp: float = 0.01) -> torch.nn.Module:
+    """Overwrite every parameter and buffer except the fixed ``resample_filter`` taps with values drawn in sorted
+    name order from ``seed``: our networks and NVlabs' then hold the same weights whatever order their
+    constructors drew in. Biases, noise strengths and ``w_avg`` are small, style biases centred on 1 (as
+    trained networks have them), and the mapping layers' weights and biases are stored divided by their
+    learning-rate multiplier ``lr_mlp`` (0.01 unless given) as both projects store them, so w depends on z and c
+    as much as in a trained network and every path of the forward pass matters."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for name in sorted(k for k in tensors if not k.endswith("resample_filter")):
+            t = tensors[name]
+            small = "bias" in name or "noise_strength" in name or "w_avg" in name
+            value = torch.randn(t.shape, generator=gen, dtype=torch.float64) * (0.3 if small else 1.0)
+            if name.startswith("mapping.fc"):
+                value = value / lr_mlp
+            t.copy_(value + (1.0 if name.endswith("affine.bias") else 0.0))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
 # rosinality layout.
 
 
@@ -305,11 +329,13 @@ def _nvlabs_generator(G: Generator, sd: dict[str, Tensor], module_src: str) -> P
         num_ws=G.num_ws,
     )
     fcs = {f"fc{i}": _fc(sd, f"mapping.fc{i}", lr=cfg["lr_mlp"], activation="lrelu") for i in range(cfg["n_mlp"])}
+    if G.c_dim:  # networks.py:186-187: the label embedding is registered before the fc layers
+        fcs = {"embed": _fc(sd, "mapping.embed"), **fcs}
     mapping = Persistent(
         "MappingNetwork",
         dict(
             z_dim=G.z_dim,
-            c_dim=0,
+            c_dim=G.c_dim,
             w_dim=G.w_dim,
             num_ws=G.num_ws,
             num_layers=cfg["n_mlp"],
@@ -318,6 +344,8 @@ def _nvlabs_generator(G: Generator, sd: dict[str, Tensor], module_src: str) -> P
         buffers={"w_avg": sd["mapping.w_avg"]},
         modules=fcs,
         module_src=module_src,
+        z_dim=G.z_dim,
+        c_dim=G.c_dim,
         num_layers=cfg["n_mlp"],
         w_avg_beta=0.995,
     )
@@ -325,7 +353,7 @@ def _nvlabs_generator(G: Generator, sd: dict[str, Tensor], module_src: str) -> P
         "Generator",
         dict(
             z_dim=G.z_dim,
-            c_dim=0,
+            c_dim=G.c_dim,
             w_dim=G.w_dim,
             img_resolution=G.resolution,
             img_channels=G.img_channels,
@@ -335,7 +363,7 @@ def _nvlabs_generator(G: Generator, sd: dict[str, Tensor], module_src: str) -> P
         modules={"synthesis": synthesis, "mapping": mapping},
         module_src=module_src,
         z_dim=G.z_dim,
-        c_dim=0,
+        c_dim=G.c_dim,
         w_dim=G.w_dim,
         img_resolution=G.resolution,
         num_ws=G.num_ws,
@@ -438,7 +466,9 @@ def nvlabs_snapshot(
         "D": _nvlabs_discriminator(D) if D is not None else None,
         "G_ema": _nvlabs_generator(G, sd_ema, module_src),
         "augment_pipe": Persistent("AugmentPipe", dict(xflip=1), buffers={"p": torch.zeros([])}, xflip=1.0),
-        "training_set_kwargs": dict(class_name="training.dataset.ImageFolderDataset", path="x.zip", xflip=False),
+        "training_set_kwargs": dict(
+            class_name="training.dataset.ImageFolderDataset", path="x.zip", use_labels=G.c_dim > 0, xflip=False
+        ),
     }
 
 

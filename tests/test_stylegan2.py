@@ -339,3 +339,122 @@ def test_training_step_runs():
     D = Discriminator(resolution=16, channel_base=64, channel_max=16)
     D(G(torch.randn(3, TINY["z_dim"]))).sum().backward()
     assert all(p.grad is not None for p in G.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Class-conditional generator (c_dim > 0, NVlabs' mapping.embed).
+
+
+def test_unconditional_generator_is_unchanged_by_conditioning():
+    """Numbers pinned before c_dim existed (same seed, same tiny generator): c_dim = 0 computes what it did."""
+    G = tiny_generator(seed=0)
+    z = torch.randn(2, TINY["z_dim"], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        img = G(z, truncation_psi=0.7, noise_mode="const")
+        w = G.mapping(z)
+    assert "mapping.embed.weight" not in G.state_dict() and len(G.state_dict()) == 48
+    assert G.mapping.fc0.weight.shape == (TINY["w_dim"], TINY["z_dim"])
+    pins = {
+        (0, 0, 0, 0): -0.5380496978759766,
+        (0, 2, 0, 0): -0.5237881541252136,
+        (1, 0, 7, 9): -0.769629955291748,
+        (1, 2, 7, 9): -1.7566790580749512,
+    }
+    for index, value in pins.items():
+        assert img[index].item() == pytest.approx(value, abs=1e-6), index
+    assert img.double().sum().item() == pytest.approx(-368.7692207917571, abs=1e-3)
+    torch.testing.assert_close(
+        w[0, :4], torch.tensor([-0.09805434942245483, 2.769940137863159, 0.20950624346733093, 0.5483694076538086])
+    )
+    assert torch.equal(G(z, None, truncation_psi=0.7, noise_mode="const"), img)  # c=None is the default
+
+
+def tiny_conditional(seed: int = 0, c_dim: int = 4) -> Generator:
+    G = tiny_generator(seed, c_dim=c_dim)
+    with torch.no_grad():
+        G.mapping.embed.bias.normal_(0, 0.3)
+        for i in range(TINY["n_mlp"]):  # stored weights are N(0, 1) / lr_mlp, as a trained network's are
+            getattr(G.mapping, f"fc{i}").weight.mul_(100)
+    return G
+
+
+def test_conditional_mapping_embeds_and_normalises_the_label():
+    """fc0 reads [z / rms(z), e / rms(e)] with e = embed(c), a linear layer with lr multiplier 1 (NVlabs)."""
+    G = tiny_conditional().double()
+    m = G.mapping
+    assert m.embed.weight.shape == (TINY["w_dim"], 4) and m.fc0.weight.shape == (
+        TINY["w_dim"],
+        TINY["z_dim"] + TINY["w_dim"],
+    )
+    z = torch.randn(3, TINY["z_dim"], dtype=torch.float64)
+    c = torch.eye(4, dtype=torch.float64)[[0, 2, 3]]
+    e = c @ (m.embed.weight / 2).T + m.embed.bias  # weight gain 1 / sqrt(c_dim) = 1/2
+    x = torch.cat(
+        [z / z.square().mean(1, keepdim=True).add(1e-8).sqrt(), e / e.square().mean(1, keepdim=True).add(1e-8).sqrt()],
+        1,
+    )
+    for i in range(TINY["n_mlp"]):
+        fc = getattr(m, f"fc{i}")
+        x = F.leaky_relu(x @ (fc.weight * 0.01 / fc.weight.shape[1] ** 0.5).T + fc.bias * 0.01, 0.2) * 2**0.5
+    torch.testing.assert_close(m(z, c), x, rtol=1e-12, atol=1e-12)
+
+
+def test_conditional_block_equivalence_and_classes_matter():
+    G = tiny_conditional()
+    z = torch.randn(2, TINY["z_dim"], generator=torch.Generator().manual_seed(5))
+    ws = G.mapping(z, torch.eye(4)[[1, 3]]).unsqueeze(1).repeat(1, G.num_ws, 1)
+    ws[:, 2:] += 0.1 * torch.randn(2, G.num_ws - 2, TINY["w_dim"], generator=torch.Generator().manual_seed(6))
+    full = G.synthesis(ws)
+    for k in range(G.num_blocks + 1):
+        assert torch.equal(G.synthesize_from(k, G.state_at(k, ws), ws), full), f"block {k}"
+    images = [G(z, torch.eye(4)[[j, j]], noise_mode="const") for j in range(4)]
+    for a in range(4):
+        for b in range(a + 1, 4):  # every class renders the same z differently
+            assert (images[a] - images[b]).abs().mean() > 1e-2, (a, b)
+    both = G(z, torch.eye(4)[[0, 2]], noise_mode="const")  # each sample follows its own label
+    torch.testing.assert_close(both[0], images[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[1], images[2][1], rtol=1e-5, atol=1e-5)
+
+
+def test_conditional_truncation_pulls_every_class_to_the_global_w_avg():
+    G = tiny_conditional()
+    z = torch.randn(3, TINY["z_dim"])
+    c = torch.eye(4)[[0, 1, 3]]
+    w = G.mapping(z, c)
+    assert torch.equal(G.mapping(z, c, truncation_psi=0.0), G.mapping.w_avg.expand(3, -1))
+    torch.testing.assert_close(G.mapping(z, c, truncation_psi=0.5) - G.mapping.w_avg, (w - G.mapping.w_avg) / 2)
+    G.train()
+    before = G.mapping.w_avg.clone()
+    w = G.mapping(z, c)  # one average over every class, as NVlabs tracks it
+    torch.testing.assert_close(G.mapping.w_avg, 0.995 * before + 0.005 * w.detach().mean(0))
+
+
+def test_class_labels_are_checked():
+    G, U = tiny_conditional(), tiny_generator()
+    z = torch.randn(2, TINY["z_dim"])
+    with pytest.raises(ValueError, match=r"class-conditional \(c_dim = 4\).*one-hot labels c \[N, 4\]"):
+        G(z)
+    with pytest.raises(ValueError, match=r"one-hot \[N, c_dim\] = \[2, 4\], got shape \[2, 3\]"):
+        G.mapping(z, torch.eye(3)[:2])
+    with pytest.raises(ValueError, match=r"\[2, 4\], got shape \[3, 4\]"):
+        G.mapping(z, torch.eye(4)[:3])
+    with pytest.raises(ValueError, match=r"got shape \[4\]"):
+        G.mapping(z, torch.eye(4)[0])
+    with pytest.raises(ValueError, match="unconditional.*pass c=None"):
+        U(z, torch.eye(4)[:2])
+    with pytest.raises(ValueError, match="c_dim must be a non-negative int"):
+        Generator(**TINY, c_dim=-1)
+
+
+def test_conditional_config_rebuilds_and_training_system_refuses_it():
+    from pfo.prior import GANSystem
+
+    G = tiny_conditional()
+    assert G.config["c_dim"] == 4 and G.c_dim == 4 and tiny_generator().config["c_dim"] == 0
+    G2 = Generator(**G.config).eval()
+    G2.load_state_dict(G.state_dict())
+    z, c = torch.randn(2, TINY["z_dim"]), torch.eye(4)[[3, 0]]
+    assert torch.equal(G(z, c, noise_mode="const"), G2(z, c, noise_mode="const"))
+    D = Discriminator(resolution=16, channel_base=64, channel_max=16)
+    with pytest.raises(ValueError, match=r"unconditional generators only, this one has c_dim=4; set .*c_dim: 0"):
+        GANSystem(G, D)

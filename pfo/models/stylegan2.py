@@ -42,6 +42,13 @@ def _check_resolution(resolution: int) -> None:
         raise ValueError(f"resolution must be a power of two in [8, 1024], got {resolution}")
 
 
+def _check_c_dim(c_dim: int) -> None:
+    if isinstance(c_dim, bool) or not isinstance(c_dim, int) or c_dim < 0:
+        raise ValueError(
+            f"c_dim must be a non-negative int (0 = unconditional, else the number of classes), got {c_dim!r}"
+        )
+
+
 def _channels(channel_base: int, channel_max: int, res: int) -> int:
     return min(channel_base // res, channel_max)
 
@@ -51,7 +58,13 @@ def _channels(channel_base: int, channel_max: int, res: int) -> int:
 
 
 class MappingNetwork(nn.Module):
-    """MLP z -> w with a tracked average of w for truncation."""
+    """MLP (z, c) -> w with a tracked average of w for truncation.
+
+    With ``c_dim > 0`` the generator is class-conditional as in NVlabs' stylegan2-ada-pytorch: a linear layer
+    ``embed`` maps the one-hot label c [N, c_dim] to w_dim features; z and the embedded c are each scaled to unit
+    mean square and concatenated, so ``fc0`` reads z_dim + w_dim features. ``w_avg`` stays the average over all
+    classes (NVlabs tracks one global average), so truncation pulls every class towards the same point.
+    """
 
     def __init__(
         self,
@@ -61,27 +74,55 @@ class MappingNetwork(nn.Module):
         n_mlp: int = 8,  # Number of fully connected layers.
         lr_mlp: float = 0.01,  # Learning-rate multiplier of the layers.
         w_avg_beta: float = 0.995,  # Decay of the moving average of w, updated in training mode.
+        c_dim: int = 0,  # Number of classes of the one-hot label c, 0 = unconditional.
     ) -> None:
         super().__init__()
+        _check_c_dim(c_dim)
         self.z_dim = z_dim
         self.w_dim = w_dim
         self.num_ws = num_ws
         self.n_mlp = n_mlp
         self.w_avg_beta = w_avg_beta
+        self.c_dim = c_dim
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, w_dim)  # NVlabs: embed_features = w_dim, lr multiplier 1
         for i in range(n_mlp):
-            in_features = z_dim if i == 0 else w_dim
+            in_features = (z_dim + (w_dim if c_dim > 0 else 0)) if i == 0 else w_dim
             layer = FullyConnectedLayer(in_features, w_dim, activation="lrelu", lr_multiplier=lr_mlp)
             setattr(self, f"fc{i}", layer)
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 
-    def forward(self, z: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None) -> Tensor:
-        """Map z [N, z_dim] to w [N, w_dim].
+    def check_c(self, c: Tensor | None, n: int) -> None:
+        """Raise a ValueError unless ``c`` fits this network: None when unconditional, [n, c_dim] otherwise."""
+        if self.c_dim == 0:
+            if c is not None:
+                raise ValueError(
+                    "this generator is unconditional (c_dim = 0) but a class label c was given; pass c=None"
+                )
+            return
+        if c is None:
+            raise ValueError(
+                f"this generator is class-conditional (c_dim = {self.c_dim}): pass one-hot labels c [N, {self.c_dim}] "
+                "(pfo.attacks.class_rule chooses them for an attack)"
+            )
+        if c.ndim != 2 or c.shape[0] != n or c.shape[1] != self.c_dim:
+            raise ValueError(
+                f"class labels c must be one-hot [N, c_dim] = [{n}, {self.c_dim}], got shape {list(c.shape)}"
+            )
+
+    def forward(
+        self, z: Tensor, c: Tensor | None = None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None
+    ) -> Tensor:
+        """Map z [N, z_dim] (and, for a conditional network, one-hot c [N, c_dim]) to w [N, w_dim].
 
         Truncation moves w towards ``w_avg``: w_avg + psi * (w - w_avg). With ``truncation_cutoff`` only the
         first ``cutoff`` styles are truncated, so the result is W+ [N, num_ws, w_dim] instead.
         """
         assert_shape(z, [None, self.z_dim], "z")
+        self.check_c(c, z.shape[0])
         x = normalize_2nd_moment(z)
+        if c is not None:
+            x = torch.cat([x, normalize_2nd_moment(self.embed(c.to(z.dtype)))], dim=1)
         for i in range(self.n_mlp):
             x = getattr(self, f"fc{i}")(x)
         if self.training and self.w_avg_beta is not None:
@@ -337,6 +378,7 @@ class Generator(nn.Module):
         channel_max: int = 512,  # Maximum number of channels in any block.
         modconv: str = "auto",  # Modulated-convolution formulation: 'auto', 'grouped' or 'scaled'.
         conv_clamp: float | None = None,  # Clamp conv outputs to +-X (NVlabs' FP16 configs use 256).
+        c_dim: int = 0,  # Number of classes of the one-hot label c (NVlabs' conditioning), 0 = unconditional.
     ) -> None:
         super().__init__()
         self._config = dict(
@@ -350,8 +392,10 @@ class Generator(nn.Module):
             channel_max=channel_max,
             modconv=modconv,
             conv_clamp=conv_clamp,
+            c_dim=c_dim,
         )
         self.z_dim = z_dim
+        self.c_dim = c_dim
         self.w_dim = w_dim
         self.resolution = resolution
         self.img_channels = img_channels
@@ -365,7 +409,7 @@ class Generator(nn.Module):
             modconv=modconv,
         )
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, num_ws=self.num_ws, n_mlp=n_mlp, lr_mlp=lr_mlp)
+        self.mapping = MappingNetwork(z_dim, w_dim, num_ws=self.num_ws, n_mlp=n_mlp, lr_mlp=lr_mlp, c_dim=c_dim)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -404,11 +448,13 @@ class Generator(nn.Module):
     def forward(
         self,
         z: Tensor,
+        c: Tensor | None = None,
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         noise_mode: str = "random",
     ) -> Tensor:
-        ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        """Render z [N, z_dim] (with one-hot c [N, c_dim] for a conditional generator) to images [N, C, R, R]."""
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode)
 
 

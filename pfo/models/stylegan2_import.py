@@ -9,7 +9,8 @@ Two formats are understood:
   ``exec``s. Here :class:`RestrictedUnpickler` rebuilds only tensors and plain containers and turns every
   persistent object into an inert :class:`PersistentStub` holding its saved state; the source is never run.
 
-Our networks use NVlabs' parameter names, so a pickle maps by name; rosinality's names and storage
+Class-conditional NVlabs generators (``c_dim > 0``, e.g. the CIFAR-10 network) import too (rule N2); their
+discriminators do not. Our networks use NVlabs' parameter names, so a pickle maps by name; rosinality's names and storage
 conventions are translated rule by rule (see ``_rosinality_generator_to_pfo``). The architecture is inferred
 from tensor shapes; keyword overrides reach the constructor (e.g. ``lr_mlp``, which no shape reveals).
 
@@ -376,9 +377,24 @@ def _infer_generator_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
         raise ValueError(f"incomplete generator: mapping layers {fcs}, synthesis blocks {ress}")
     resolution = ress[-1]
     base, cmax = _infer_channel_rule({r: int(sd[f"synthesis.b{r}.conv1.weight"].shape[0]) for r in ress})
-    return dict(
-        z_dim=int(sd["mapping.fc0.weight"].shape[1]),
-        w_dim=int(sd[f"mapping.fc{fcs[-1]}.weight"].shape[0]),
+    w_dim = int(sd[f"mapping.fc{fcs[-1]}.weight"].shape[0])
+    # A conditional mapping's fc0 reads z and the embedded label side by side (rule N2).
+    embed = sd.get("mapping.embed.weight")
+    c_dim, embedded = (int(embed.shape[1]), int(embed.shape[0])) if embed is not None else (0, 0)
+    if embed is not None and embedded != w_dim:
+        raise ValueError(
+            f"the label embedding has {embedded} features but w_dim is {w_dim}; our conditional generator embeds "
+            "labels into w_dim features (NVlabs' default embed_features=None)"
+        )
+    z_dim = int(sd["mapping.fc0.weight"].shape[1]) - embedded
+    if z_dim < 1:
+        raise ValueError(
+            f"mapping.fc0 reads {z_dim + embedded} features, too few for a {embedded}-feature label "
+            "embedding and a latent z; this generator has no latent input and is not supported"
+        )
+    config = dict(
+        z_dim=z_dim,
+        w_dim=w_dim,
         resolution=resolution,
         img_channels=int(sd[f"synthesis.b{resolution}.torgb.weight"].shape[0]),
         n_mlp=len(fcs),
@@ -386,6 +402,9 @@ def _infer_generator_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
         channel_base=base,
         channel_max=cmax,
     )
+    if c_dim:
+        config["c_dim"] = c_dim
+    return config
 
 
 def _infer_discriminator_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -647,8 +666,11 @@ def load_rosinality(
 #
 # Names are ours already (mandated). Rules:
 #  N1 ``resample_filter`` buffers are fixed [1,3,3,1] filters (networks.py:142,274,354,531): checked, dropped.
-#  N2 conditional networks (``mapping.embed`` in G, ``mapping`` in D) and non-default architectures
-#     (synthesis 'resnet'/'orig', discriminator 'skip'/'orig') have no counterpart here: refused.
+#  N2 a conditional generator's ``mapping.embed`` [w_dim, c_dim] gives c_dim; its fc0 reads z_dim + w_dim
+#     features (networks.py:186-196), so z_dim = fc0 inputs - w_dim; the pickle's ``c_dim`` init kwarg must agree.
+#     A label embedding of other than w_dim features (a non-default ``embed_features``), conditional
+#     discriminators (``mapping`` in D, used only to fine-tune) and non-default architectures (synthesis
+#     'resnet'/'orig', discriminator 'skip'/'orig') have no counterpart here: refused.
 #  N3 lr_mlp comes from ``mapping.fc0.bias_gain`` (= lr_multiplier, networks.py:103), conv_clamp from the
 #     synthesis init kwargs; channel_base/channel_max from the init kwargs when they agree with the shapes.
 #  N4 ``use_noise=False`` layers have no noise_strength/noise_const: filled with 0 / zeros (no noise added).
@@ -704,8 +726,13 @@ def load_nvlabs_pkl(path_or_data: PathLike | Mapping[str, Any], which: str = "G_
     """
     net = _nvlabs_net(_nvlabs_data(path_or_data), which, "Generator")
     sd = _nvlabs_tensors(net)
-    if any(k.startswith("mapping.embed.") for k in sd):  # N2
-        raise ValueError("conditional NVlabs generators (c_dim > 0) are not supported")
+    c_dim = net.init_kwargs.get("c_dim", 0)  # N2
+    has_embed = "mapping.embed.weight" in sd
+    if isinstance(c_dim, int) and (c_dim > 0) != has_embed:
+        raise ValueError(
+            f"NVlabs {which!r} says c_dim={c_dim} but {'has' if has_embed else 'lacks'} the label embedding "
+            "mapping.embed; the pickle is damaged or incomplete"
+        )
     if any(re.fullmatch(r"synthesis\.b\d+\.skip\.weight", k) for k in sd):  # N2
         raise ValueError("only the 'skip' synthesis architecture is supported, this generator is 'resnet'")
     for key in [k for k in sd if re.fullmatch(r"synthesis\.b\d+\.conv[01]\.weight", k)]:  # N4
@@ -729,14 +756,20 @@ def load_nvlabs_pkl(path_or_data: PathLike | Mapping[str, Any], which: str = "G_
         if all(min(base // r, cmax) == sd[f"synthesis.b{r}.conv1.weight"].shape[0] for r in ress):
             config["channel_base"], config["channel_max"] = base, cmax
     config.update(overrides)
-    return _build_and_load(Generator, config, sd, f"NVlabs {which!r}")
+    G = _build_and_load(Generator, config, sd, f"NVlabs {which!r}")
+    if isinstance(c_dim, int) and c_dim > 0 and G.c_dim != c_dim:
+        raise ValueError(f"NVlabs {which!r} says c_dim={c_dim} but its label embedding reads {G.c_dim} classes")
+    return G
 
 
 def _nvlabs_discriminator(data: Mapping[str, Any], overrides: dict[str, Any]) -> Discriminator:
     net = _nvlabs_net(data, "D", "Discriminator")
     sd = _nvlabs_tensors(net)
     if any(k.startswith("mapping.") for k in sd):  # N2
-        raise ValueError("conditional NVlabs discriminators (c_dim > 0) are not supported")
+        raise ValueError(
+            "conditional NVlabs discriminators (c_dim > 0) are not supported, so a conditional prior cannot be "
+            "fine-tuned; attacks need only its generator: load it with load_prior / import_generator"
+        )
     arch = net.init_kwargs.get("architecture", "resnet")
     if arch != "resnet":
         raise ValueError(f"only the 'resnet' discriminator is supported, this one is {arch!r}")
