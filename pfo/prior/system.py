@@ -141,6 +141,11 @@ class GANSystem(L.LightningModule):
                 f"({discriminator.resolution} px, {discriminator.img_channels} channels) must match; set the same "
                 "`resolution` in both networks' init_args"
             )
+        if getattr(generator, "c_dim", 0):
+            raise ValueError(
+                f"GANSystem trains unconditional generators only, this one has c_dim={generator.c_dim}; set the "
+                "generator's `c_dim: 0` (attacks load a conditional prior from its NVlabs .pkl, no training needed)"
+            )
         for name, value in (("r1_interval", r1_interval), ("pl_interval", pl_interval)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
