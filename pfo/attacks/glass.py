@@ -1,13 +1,14 @@
 """GLASS (Li et al., NeurIPS 2023): GAN latent search. Many random latents per target, a short optimisation of
-the most promising ones, keep the best, then a long W+ optimisation with latent noise that decays to zero. The
-same generator as PFO; no intermediate features."""
+the most promising ones, keep the best, then a long optimisation of the expanded latent (W+ for StyleGAN2, z for a
+DCGAN) with latent noise that decays to zero. The same prior as PFO (reached through ``self.prior``); no
+intermediate features."""
 
 from __future__ import annotations
 
 import torch
 
 from pfo.attacks.base import Reconstruction
-from pfo.attacks.pfo import GANInversionAttack
+from pfo.attacks.pfo import GANInversionAttack, check_count, check_number
 from pfo.attacks.targets import target_generators
 
 
@@ -33,55 +34,56 @@ class GLASS(GANInversionAttack):
         Args:
             n_init: random latents scored per target (forward passes only).
             init_chunk: candidates rendered at once while scoring.
-            candidates: best-scoring latents per target that get the short optimisation (in W, jointly).
+            candidates: best-scoring latents per target that get the short optimisation (in W, or z, jointly).
             short_steps: steps of the short optimisation of every candidate.
-            steps: steps of the final W+ optimisation of the best candidate.
+            steps: steps of the final optimisation of the best candidate (W+, or z).
             lr: Adam learning rate.
-            noise_scale: initial noise added to W+, relative to the spread of W (the NVlabs projector's 0.05).
+            noise_scale: initial noise added to the latent, relative to the spread of the prior's latent (W, or
+                z) (the NVlabs projector's 0.05).
             noise_ramp: fraction of ``steps`` over which the noise decays (quadratically) to zero.
         """
-        super().__init__(victim, generator, **kwargs)
-        if candidates < 1 or candidates > n_init:
+        check_count("n_init", n_init, 1)
+        check_count("init_chunk", init_chunk, 1)
+        check_count("candidates", candidates, 1)
+        if candidates > n_init:
             raise ValueError(f"`candidates` must be in 1..n_init ({n_init}), got {candidates}")
+        check_count("short_steps", short_steps, 0)
+        check_count("steps", steps, 0)
+        check_number("lr", lr, positive=True)
+        check_number("noise_scale", noise_scale)
+        check_number("noise_ramp", noise_ramp)
+        super().__init__(victim, generator, **kwargs)
 
     @torch.no_grad()
     def w_spread(self, samples: int = 2000) -> float:
-        """Spread of the generator's W (a property of the prior, not of the batch), for the noise scale."""
+        """Spread of the prior's latent (a property of the prior, not of the batch), for the noise scale."""
         if not hasattr(self, "_w_spread"):
             g = torch.Generator().manual_seed(0)
-            z = torch.randn(samples, self.generator.config["z_dim"], generator=g).to(self.device)
-            w = self.generator.mapping(z)
+            z = self.prior.sample_z(samples, g).to(self.device)
+            w = self.prior.map(z).flatten(1)
             self._w_spread = float((w - w.mean(0)).pow(2).sum(1).mean().sqrt())
         return self._w_spread
 
     def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
-        G, hp = self.generator, self.hparams
+        P, hp = self.prior, self.hparams
         n, k = h_star.shape[0], hp.candidates
         failed = torch.zeros(n, dtype=torch.bool, device=self.device)
-        top = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=k)  # [N, K, w_dim]
+        top = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=k)  # [N, K, *latent shape]
 
         # Short optimisation of every candidate, as one batch of N * K (target i's candidates are rows i*K..).
         w = top.flatten(0, 1).clone().requires_grad_(True)
         h_rep = h_star.repeat_interleave(k, 0)
         cand_failed = torch.zeros(n * k, dtype=torch.bool, device=self.device)
-        self.optimize(
-            [w],
-            lambda: G.synthesis(w, noise_mode=self.noise_mode),
-            h_rep,
-            hp.short_steps,
-            hp.lr,
-            cand_failed,
-            name="candidates",
-        )
+        self.optimize([w], lambda: P.render(w), h_rep, hp.short_steps, hp.lr, cand_failed, name="candidates")
         with torch.no_grad():
-            loss = self.evaluate(G.synthesis(w, noise_mode=self.noise_mode), h_rep)[0].view(n, k)
+            loss = self.evaluate(P.render(w), h_rep)[0].view(n, k)
             loss = torch.where(
                 cand_failed.view(n, k) | ~torch.isfinite(loss), torch.full_like(loss, float("inf")), loss
             )
-            best = w.detach().view(n, k, -1)[torch.arange(n), loss.argmin(1)]
+            best = w.detach().view(n, k, *w.shape[1:])[torch.arange(n), loss.argmin(1)]
 
-        # Long W+ optimisation of the winner with decaying latent noise (the NVlabs projector's schedule).
-        ws = best.unsqueeze(1).repeat(1, G.num_ws, 1).requires_grad_(True)
+        # Long optimisation of the winner with decaying latent noise (the NVlabs projector's schedule).
+        ws = P.expand(best).requires_grad_(True)
         w_std = self.w_spread()
         noise_gens = target_generators(self.seed + 2, index)
         noise = {"current": torch.zeros_like(ws)}
@@ -96,15 +98,15 @@ class GLASS(GANInversionAttack):
 
         self.optimize(
             [ws],
-            lambda: G.synthesis(ws + noise["current"], noise_mode=self.noise_mode),
+            lambda: P.render(ws + noise["current"]),
             h_star,
             hp.steps,
             hp.lr,
             failed,
             adjust=adjust,
-            name="wplus",
+            name=P.latent_name,
         )
         with torch.no_grad():
-            image = G.synthesis(ws, noise_mode=self.noise_mode)
+            image = P.render(ws)
             distance = self.evaluate(image, h_star)[1]
         return Reconstruction(images=self.to_output(image), feature_loss=distance, failed=failed)

@@ -1,22 +1,27 @@
-"""PFO: Progressive Feature Optimisation over a StyleGAN2 prior (GUIDE section 3).
+"""PFO: Progressive Feature Optimisation over a block-structured GAN prior (GUIDE section 3).
 
 1. Initialisation: per target, ``n_init`` latents from its own seeded generator, mapped (with truncation) and
    rendered; the one whose image best explains the observed features is kept.
-2. Stage 0 optimises W+ (one style per layer).
-3. Stage k = 1..K optimises the state ``(x, img)`` entering synthesis block k, carried forward from the previous
-   stage's optimum, together with the styles of the remaining layers. After every step each variable is pulled
-   back into an l1 ball around its value at the stage start (per sample), which keeps the image close to the
-   generator's manifold while letting the intermediate features express what the latent alone cannot.
+2. Stage 0 optimises the latent: W+ (one style per layer) for StyleGAN2, z for a DCGAN.
+3. Stage k = 1..K optimises the state entering block k (StyleGAN2: ``(x, img)``; DCGAN: the activation ``x``),
+   carried forward from the previous stage's optimum, together with the part of the latent the remaining blocks
+   read (StyleGAN2: their styles; a DCGAN's blocks read none). After every step each variable is pulled back into
+   an l1 ball around its value at the stage start (per sample), which keeps the image close to the generator's
+   manifold while letting the intermediate features express what the latent alone cannot.
 4. Per target, the stage whose image has the lowest feature loss is the answer; every stage's image is kept.
 
 Carrying the RGB skip image ``img`` between blocks (not restarting it) keeps the coarse colour that earlier
 blocks contributed; the feature loss alone barely notices its loss, the images do (GUIDE section 9).
+
+The attacks reach the generator only through :class:`pfo.models.prior.Prior`, so any block-structured generator
+with that interface is a prior. Every option is checked when the attack is built, before any file is read.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -25,12 +30,18 @@ from pfo.attacks.optimization import OptimizationAttack, per_stage
 from pfo.attacks.projection import project_deviation_
 from pfo.attacks.targets import target_generators
 from pfo.metrics import is_collapsed
-from pfo.models.stylegan2 import BlockState, Generator
+from pfo.models.dcgan import DCGANGenerator
+from pfo.models.prior import Prior, as_prior
+from pfo.models.stylegan2 import Generator
+
+NOISE_MODES = ("const", "none")
+RADIUS_MODES = ("per_element", "absolute")
 
 
-def load_generator_any(generator: str | Generator) -> Generator:
-    """A pfo generator file, a rosinality ``.pt`` or an NVlabs ``.pkl``, or a Generator already built."""
-    if isinstance(generator, Generator):
+def load_generator_any(generator: str | Generator | DCGANGenerator | Prior) -> Generator | DCGANGenerator | Prior:
+    """A named prior (``digiface-dcgan64``), a pfo generator file, a rosinality ``.pt``, an NVlabs ``.pkl`` or a
+    DCGAN ``netG_state_dict`` file, or a generator (or Prior) already built."""
+    if isinstance(generator, (torch.nn.Module, Prior)):
         return generator
     from pfo.models.generator_file import load_prior
 
@@ -42,16 +53,54 @@ def inf_if_not_finite(loss: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(loss, nan=float("inf"), neginf=float("inf"))
 
 
+# ----- option checks: each names the option as the user typed it --------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_count(name: str, value: Any, minimum: int) -> None:
+    """``value`` is an integer >= ``minimum``."""
+    if not (_is_number(value) and value == int(value) and value >= minimum):
+        raise ValueError(f"`{name}` {value!r} must be an integer >= {minimum}")
+
+
+def check_number(name: str, value: Any, *, positive: bool = False) -> None:
+    """``value`` is a finite number, > 0 when ``positive`` else >= 0."""
+    if not _is_number(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(f"`{name}` {value!r} must be a finite number {'> 0' if positive else '>= 0'}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` {value!r} must be one of {', '.join(choices)}")
+
+
+def check_per_stage(name: str, value: Any, stages: int, what: str, *, positive: bool = False) -> None:
+    """``value`` is one number for every stage or a list with one per stage (``stages`` of them, ``what``)."""
+    if value is None or not isinstance(value, Sequence) or isinstance(value, str):
+        check_number(name, value, positive=positive)
+        return
+    if len(value) != stages:
+        raise ValueError(
+            f"`{name}` lists {len(value)} values but there are {stages} {what}; give one value, or one per stage"
+        )
+    for v in value:
+        if not _is_number(v) or (v <= 0 if positive else v < 0):
+            raise ValueError(f"`{name}` {list(value)!r} must hold finite numbers {'> 0' if positive else '>= 0'}")
+
+
 class GANInversionAttack(OptimizationAttack):
     """Shared by the attacks that search a generator's latent space (PFO, GLASS): the frozen prior, its output
-    range, and the scoring of candidate latents."""
+    range, and the scoring of candidate latents. The prior is reached only through ``self.prior``."""
 
     value_range = (-1.0, 1.0)
 
     def __init__(
         self,
         victim,
-        generator: str | Generator,
+        generator: str | Generator | DCGANGenerator | Prior,
         *,
         truncation: float = 0.7,
         noise_mode: Literal["const", "none"] = "const",
@@ -60,22 +109,28 @@ class GANInversionAttack(OptimizationAttack):
     ) -> None:
         """
         Args:
-            generator: the prior: a pfo generator file (``train.py fit`` of a GAN config exports one), a
-                rosinality ``.pt`` or an NVlabs ``.pkl``.
-            truncation: truncation psi of the initial latents (1 = none).
-            noise_mode: per-layer noise: ``const`` (the generator's fixed noise buffers) or ``none``.
+            generator: the prior: a named prior (``digiface-dcgan64``: see pfo.models.named_priors), a pfo
+                generator file (``train.py fit`` of a GAN config exports one), a rosinality ``.pt``, an NVlabs
+                ``.pkl`` or a DCGAN ``netG_state_dict`` file.
+            truncation: truncation psi of the initial latents (1 = none; StyleGAN2: towards the average w; DCGAN:
+                z scaled by psi).
+            noise_mode: StyleGAN2's per-layer noise: ``const`` (the generator's fixed noise buffers) or ``none``.
             allow_upsampling: accept a generator whose resolution is below the victim's input size.
         """
+        check_number("truncation", truncation, positive=True)
+        check_choice("noise_mode", noise_mode, NOISE_MODES)
         super().__init__(victim, **kwargs)
-        self.generator = freeze(load_generator_any(generator))
+        self.prior = as_prior(load_generator_any(generator), noise_mode)
+        self.generator = freeze(self.prior.generator)
+        self.value_range = self.prior.value_range
         self.noise_mode = noise_mode
         self.truncation = truncation
-        channels = self.generator.config.get("img_channels", 3)
+        channels = self.prior.img_channels
         if channels != 3:
             raise ValueError(
                 f"the generator makes {channels}-channel images but the victim takes RGB; use an RGB prior"
             )
-        resolution = self.generator.config["resolution"]
+        resolution = self.prior.resolution
         if resolution < self.victim.input_size and not allow_upsampling:
             raise ValueError(
                 f"the generator renders {resolution}px images but the victim takes {self.victim.input_size}px; "
@@ -90,15 +145,15 @@ class GANInversionAttack(OptimizationAttack):
         self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int, keep: int = 1
     ) -> torch.Tensor:
         """Per target, the ``keep`` best of ``count`` mapped latents drawn from its own generator, best first:
-        [N, keep, w_dim]."""
-        G = self.generator
+        [N, keep, *latent shape]."""
+        P = self.prior
         best = []
         for g, h in zip(target_generators(self.seed, index), h_star):
-            z = torch.randn(count, G.config["z_dim"], generator=g).to(self.device)
+            z = P.sample_z(count, g).to(self.device)
             scores, ws = [], []
             for start in range(0, count, chunk):
-                w = G.mapping(z[start : start + chunk], truncation_psi=self.truncation)
-                images = G.synthesis(w, noise_mode=self.noise_mode)
+                w = P.map(z[start : start + chunk], truncation=self.truncation)
+                images = P.render(w)
                 loss, _ = self.evaluate(images, h.expand(len(w), *h.shape))
                 scores.append(loss)
                 ws.append(w)
@@ -108,7 +163,7 @@ class GANInversionAttack(OptimizationAttack):
         return torch.stack(best)
 
     def best_latents(self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int) -> torch.Tensor:
-        """Per target, the best of ``count`` mapped latents drawn from its own generator: [N, w_dim]."""
+        """Per target, the best of ``count`` mapped latents drawn from its own generator: [N, *latent shape]."""
         return self.top_latents(h_star, index, count, chunk, keep=1)[:, 0]
 
 
@@ -125,80 +180,135 @@ class PFO(GANInversionAttack):
         n_init: int = 64,
         init_chunk: int = 64,
         radius_mode: Literal["per_element", "absolute"] = "per_element",
-        feature_radius: float | list[float] = 0.1,
+        feature_radius: float | list[float] | None = 0.1,
         image_radius: float | list[float] | None = None,
         style_radius: float | list[float] | None = None,
+        latent_radius: float | None = None,
         restarts: int = 0,
         **kwargs,
     ) -> None:
         """
         Args:
-            steps: optimisation steps per stage: stage 0 (W+), then stage k = 1..K on the state entering block
-                k (K = len(steps) - 1, at most the generator's number of blocks - 1).
-            lr: Adam learning rate, one for all stages or one per stage.
+            steps: optimisation steps per stage: stage 0 (the latent: W+ or z), then stage k = 1..K on the state
+                entering block k (K = len(steps) - 1, at most the generator's number of blocks - 1).
+            lr: Adam learning rate, one for all stages or one per stage (len(steps) values).
             n_init: candidate latents scored per target for the initialisation.
             init_chunk: candidates rendered at once during the initialisation.
             radius_mode: ``per_element``: radius = value x number of elements of the variable (one config works
                 at 32 px and 256 px); ``absolute``: the l1 radius itself.
-            feature_radius: l1 radius for the block feature ``x`` (stages 1..K: one value or one per stage).
-            image_radius: l1 radius for the RGB skip image ``img`` (default: ``feature_radius``).
+            feature_radius: l1 radius for the block feature ``x`` (stages 1..K: one value or one per feature
+                stage); null leaves it unconstrained.
+            image_radius: l1 radius for StyleGAN2's RGB skip image ``img`` (default: ``feature_radius``).
             style_radius: l1 radius for the remaining styles; null leaves them unconstrained (the paper does not
-                say; IF-GMI projects them too).
+                say; IF-GMI projects them too). A DCGAN's later blocks read no latent, so there is none.
+            latent_radius: l1 radius for stage 0's latent around the chosen initial latent (W+ or z, in
+                ``radius_mode``); null (the paper's PFO) leaves stage 0 unconstrained.
             restarts: guard against latent collapse (GUIDE section 9): a target whose stage-0 image is flat or
                 saturated reruns stage 0 from its next-best initial latent, up to this many times, and keeps the
                 first attempt that does not collapse (else the one with the lowest loss). Each restart costs up
                 to ``steps[0]`` more steps for the targets that need it, so benchmarks comparing budgets keep 0.
         """
+        self._check_options(
+            steps, lr, n_init, init_chunk, radius_mode, feature_radius, image_radius, style_radius, latent_radius,
+            restarts,
+        )  # fmt: skip
         super().__init__(victim, generator, **kwargs)
-        steps = [int(s) for s in steps]
-        if not steps or any(s < 0 for s in steps):
-            raise ValueError(f"`steps` must list non-negative step counts per stage, got {steps}")
-        max_stages = self.generator.num_blocks - 1
-        if len(steps) - 1 > max_stages:
+        self.steps = [int(s) for s in steps]
+        max_stages = self.prior.num_blocks - 1
+        if len(self.steps) - 1 > max_stages:
             raise ValueError(
-                f"`steps` asks for {len(steps) - 1} feature stages but this {self.generator.config['resolution']}px "
-                f"generator has {self.generator.num_blocks} blocks, so at most {max_stages}; shorten `steps`"
+                f"`steps` asks for {len(self.steps) - 1} feature stages but this {self.prior.resolution}px "
+                f"generator has {self.prior.num_blocks} blocks, so at most {max_stages}; shorten `steps`"
             )
-        if n_init < 1:
-            raise ValueError(f"`n_init` must be at least 1, got {n_init}")
+
+    @staticmethod
+    def _check_options(
+        steps, lr, n_init, init_chunk, radius_mode, feature_radius, image_radius, style_radius, latent_radius, restarts
+    ) -> None:
+        """Every option of PFO's own, before anything is loaded or run; messages quote the values as given."""
+        if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or not steps:
+            raise ValueError(f"`steps` must list non-negative step counts per stage, got {steps!r}")
+        for s in steps:
+            if not (_is_number(s) and s == int(s) and s >= 0):
+                raise ValueError(f"`steps` must list non-negative step counts per stage, got {list(steps)!r}")
+        stages = len(steps)
+        check_per_stage("lr", lr, stages, f"stages (`steps` {list(steps)})", positive=True)
+        check_count("n_init", n_init, 1)
+        check_count("init_chunk", init_chunk, 1)
+        check_choice("radius_mode", radius_mode, RADIUS_MODES)
+        what = f"feature stages after stage 0 (`steps` {list(steps)})"
+        for name, value in (("feature_radius", feature_radius), ("image_radius", image_radius)):
+            if value is not None:
+                check_per_stage(name, value, stages - 1, what)
+        if style_radius is not None:
+            check_per_stage("style_radius", style_radius, stages - 1, what)
+        if latent_radius is not None:
+            check_number("latent_radius", latent_radius)
+        check_count("restarts", restarts, 0)
         if not 0 <= restarts < n_init:
             raise ValueError(
                 f"`restarts` must lie in [0, n_init) (each restart starts from the next-best of the n_init "
                 f"candidates), got restarts={restarts} with n_init={n_init}"
             )
-        self.steps = steps
 
     def radius(self, setting: float | Sequence[float] | None, stage: int, var: torch.Tensor, name: str) -> float | None:
+        """The l1 radius of ``var`` in feature stage ``stage`` (>= 1), or None for no constraint."""
         value = per_stage(setting, stage - 1, name)
+        return self.scaled(value, var)
+
+    def scaled(self, value: float | None, var: torch.Tensor) -> float | None:
         if value is None:
             return None
         return value * var[0].numel() if self.hparams.radius_mode == "per_element" else value
 
+    def state_radius(self, name: str) -> tuple[float | Sequence[float] | None, str]:
+        """(setting, option name) of the l1 radius for the state variable ``name``."""
+        hp = self.hparams
+        if name == "img":
+            return (hp.image_radius if hp.image_radius is not None else hp.feature_radius), "image_radius"
+        return hp.feature_radius, "feature_radius"
+
+    @staticmethod
+    def constrain_all(anchors: list[tuple[torch.Tensor, torch.Tensor, float | None]]) -> None:
+        """Pull each variable back into the l1 ball of its radius around its anchor, per sample."""
+        for var, anchor, radius in anchors:
+            if radius is not None:
+                project_deviation_(var, anchor, radius)
+
     def latent_stage(self, candidates: torch.Tensor, h_star: torch.Tensor, failed: torch.Tensor) -> torch.Tensor:
-        """Stage 0 on W+ from each target's best candidate ([N, R + 1, w_dim], best first), restarted from the
-        next candidate for the targets whose image collapsed. Returns the chosen W+ [N, num_ws, w_dim].
+        """Stage 0 on the expanded latent (W+ or z) from each target's best candidate ([N, R + 1, ...], best
+        first), restarted from the next candidate for the targets whose image collapsed. Returns the chosen
+        expanded latents.
 
         A restart optimises the whole batch with the settled targets held still (a stopped target gets no
         gradient, and a fresh Adam moves nothing without one), so each target's result stays independent of its
         neighbours. A restart replaces the earlier result only if it is finite and better: not collapsed where
         the earlier one was, or equally collapsed with a lower feature loss."""
-        G, lr = self.generator, per_stage(self.hparams.lr, 0, "lr")
+        P, lr = self.prior, per_stage(self.hparams.lr, 0, "lr")
         best_ws = best_key = None
         for attempt in range(candidates.shape[1]):
             todo = torch.ones_like(failed) if best_key is None else (best_key[:, 0] > 0) & ~failed
             if not todo.any():
                 break
-            ws = candidates[:, attempt].unsqueeze(1).repeat(1, G.num_ws, 1).requires_grad_(True)
+            ws = P.expand(candidates[:, attempt]).requires_grad_(True)
             stopped = failed | ~todo
+            radius = self.scaled(self.hparams.latent_radius, ws)
+            anchors = [(ws, ws.detach().clone(), radius)]
+
+            def constrain(anchors=anchors) -> None:
+                self.constrain_all(anchors)
 
             def render_ws(ws=ws) -> torch.Tensor:
-                return G.synthesis(ws, noise_mode=self.noise_mode)
+                return P.render(ws)
 
-            name = "stage0_wplus" if attempt == 0 else f"stage0_wplus_restart{attempt}"
-            self.optimize([ws], render_ws, h_star, self.steps[0], lr, stopped, name=name)
+            name = f"stage0_{P.latent_name}" + ("" if attempt == 0 else f"_restart{attempt}")
+            self.optimize(
+                [ws], render_ws, h_star, self.steps[0], lr, stopped,
+                constrain=constrain if radius is not None else None, name=name,
+            )  # fmt: skip
             ws = ws.detach()
             with torch.no_grad():
-                image = G.synthesis(ws, noise_mode=self.noise_mode)
+                image = P.render(ws)
                 loss = self.evaluate(image, h_star)[1]
                 loss = inf_if_not_finite(loss)
                 key = torch.stack([is_collapsed(self.to_output(image)).to(loss.dtype), loss], 1)
@@ -208,67 +318,59 @@ class PFO(GANInversionAttack):
                 continue
             lower = (key[:, 0] < best_key[:, 0]) | ((key[:, 0] == best_key[:, 0]) & (key[:, 1] < best_key[:, 1]))
             better = ~stopped & lower  # stopped covers the settled targets and those that failed now
-            best_ws = torch.where(better.view(-1, 1, 1), ws, best_ws)
+            best_ws = torch.where(better.view(-1, *[1] * (ws.ndim - 1)), ws, best_ws)
             best_key = torch.where(better.view(-1, 1), key, best_key)
         return best_ws
 
     def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
-        G, hp = self.generator, self.hparams
+        P, hp = self.prior, self.hparams
         n = h_star.shape[0]
         failed = torch.zeros(n, dtype=torch.bool, device=self.device)
         candidates = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=hp.restarts + 1)
         ws = self.latent_stage(candidates, h_star, failed)
         stage_images, stage_losses = [], []
         with torch.no_grad():
-            image = G.synthesis(ws, noise_mode=self.noise_mode)
+            image = P.render(ws)
             stage_images.append(self.to_output(image))
             stage_losses.append(self.evaluate(image, h_star)[1])
-            state = G.state_at(1, ws, noise_mode=self.noise_mode) if len(self.steps) > 1 else None
+            state = P.state_at(1, ws) if len(self.steps) > 1 else None
 
         for k in range(1, len(self.steps)):
-            x = state.x.detach().clone().requires_grad_(True)
-            img = state.img.detach().clone().requires_grad_(True)
-            start = G.ws_slice(k).start
-            prefix = ws[:, :start]
-            rest = ws[:, start:].clone().requires_grad_(True)
-            anchors = [
-                (x, x.detach().clone(), self.radius(hp.feature_radius, k, x, "feature_radius")),
-                (
-                    img,
-                    img.detach().clone(),
-                    self.radius(
-                        hp.image_radius if hp.image_radius is not None else hp.feature_radius, k, img, "image_radius"
-                    ),
-                ),
-                (rest, rest.detach().clone(), self.radius(hp.style_radius, k, rest, "style_radius")),
-            ]
+            names = P.state_names
+            state_vars = [s.detach().clone().requires_grad_(True) for s in state]
+            anchors = []
+            for name, var in zip(names, state_vars):
+                setting, option = self.state_radius(name)
+                anchors.append((var, var.detach().clone(), self.radius(setting, k, var, option)))
+            split = P.latent_split(k)
+            prefix, rest = (ws, None) if split is None else (ws[:, :split], ws[:, split:].clone().requires_grad_(True))
+            if rest is not None:
+                anchors.append((rest, rest.detach().clone(), self.radius(hp.style_radius, k, rest, "style_radius")))
 
-            def render_state(k=k, x=x, img=img, prefix=prefix, rest=rest) -> torch.Tensor:
-                return G.synthesize_from(k, BlockState(x, img), torch.cat([prefix, rest], 1), self.noise_mode)
+            def latent(prefix=prefix, rest=rest) -> torch.Tensor:
+                return prefix if rest is None else torch.cat([prefix, rest], 1)
 
-            def constrain(anchors=anchors) -> None:
-                for var, anchor, radius in anchors:
-                    if radius is not None:
-                        project_deviation_(var, anchor, radius)
+            def render_state(k=k, state_vars=state_vars, latent=latent) -> torch.Tensor:
+                return P.synthesize_from(k, tuple(state_vars), latent())
 
             self.optimize(
-                [x, img, rest],
+                state_vars + ([rest] if rest is not None else []),
                 render_state,
                 h_star,
                 self.steps[k],
                 per_stage(hp.lr, k, "lr"),
                 failed,
-                constrain=constrain,
-                name=f"stage{k}_b{G.block_resolutions[k]}",
+                constrain=lambda anchors=anchors: self.constrain_all(anchors),
+                name=f"stage{k}_b{P.block_resolutions[k]}",
             )
-            ws = torch.cat([prefix, rest.detach()], 1)
+            ws = ws if rest is None else torch.cat([prefix, rest.detach()], 1)
             with torch.no_grad():
-                current = BlockState(x.detach(), img.detach())
-                image = G.synthesize_from(k, current, ws, self.noise_mode)
+                current = tuple(v.detach() for v in state_vars)
+                image = P.synthesize_from(k, current, ws)
                 stage_images.append(self.to_output(image))
                 stage_losses.append(self.evaluate(image, h_star)[1])
                 if k + 1 < len(self.steps):
-                    state = G.run_blocks(k, k + 1, current, ws, self.noise_mode)
+                    state = P.run_blocks(k, k + 1, current, ws)
 
         losses = torch.stack(stage_losses)  # [S, N]
         losses = inf_if_not_finite(losses)

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 
 from pfo.artifacts import FORMAT, VERSION, ArtifactError, build_from_config, load_artifact, save_artifact
+from pfo.models.dcgan import DCGANGenerator, is_dcgan_checkpoint, load_dcgan
+from pfo.models.named_priors import is_prior_name, named_prior_path
 from pfo.models.stylegan2 import Discriminator, Generator
 from pfo.models.stylegan2_import import (
     _LEGACY_TORCH_MAGIC,
@@ -155,6 +157,8 @@ def _read(path: Path) -> tuple[str, Any]:
     if obj is not None:
         if _is_rosinality(obj):
             return "rosinality", obj
+        if is_dcgan_checkpoint(obj):
+            return "dcgan", obj
         if isinstance(obj, Mapping) and "pytorch-lightning_version" in obj:
             raise _foreign(path, "a Lightning checkpoint (its run folder holds the exported generator.pt)")
         keys = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else type(obj).__name__
@@ -168,16 +172,19 @@ def _read(path: Path) -> tuple[str, Any]:
     return "nvlabs", data
 
 
-def load_prior(path: str | os.PathLike, **overrides: Any) -> Generator:
+def load_prior(path: str | os.PathLike, **overrides: Any) -> Generator | DCGANGenerator:
     """The sampling generator of any supported prior file (pfo generator file, rosinality ``.pt``, NVlabs
-    ``.pkl``, detected by content), in eval mode; raises :class:`~pfo.artifacts.ArtifactError` naming the
-    formats for anything else.
+    ``.pkl``, tutorial DCGAN ``netG_state_dict`` file, detected by content; or a named prior such as
+    ``digiface-dcgan64``, see :mod:`pfo.models.named_priors`), in eval mode; raises
+    :class:`~pfo.artifacts.ArtifactError` naming the formats for anything else.
 
     ``overrides`` reach the constructors of imported generators (e.g. ``lr_mlp``, ``modconv``); a pfo file carries
     its own configuration. As with :func:`load_generator`, parameters keep ``requires_grad=True``.
     """
-    path = Path(path)
+    path = named_prior_path(path) if is_prior_name(path) else Path(path)  # pfo.models.named_priors
     kind, obj = _read(path)
+    if kind == "dcgan":
+        return load_dcgan(obj, str(path))
     if kind == "pfo":
         return _generator_from_payload(obj, path)
     if kind == "rosinality":
@@ -193,6 +200,8 @@ def load_prior_networks(path: str | os.PathLike, **overrides: Any) -> PriorNetwo
     """
     path = Path(path)
     kind, obj = _read(path)
+    if kind == "dcgan":
+        raise ArtifactError(f"{path} is a DCGAN generator: attacks use it as a prior, but only StyleGAN2 is fine-tuned")
     if kind == "pfo":
         return PriorNetworks(_generator_from_payload(obj, path), None, _discriminator_from_payload(obj, path))
     if kind == "rosinality":
