@@ -25,6 +25,7 @@ from pfo.metrics import (
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ALEXNET_WEIGHTS = SHARED / "weights" / "alexnet_features.pth"
+LPIPS_EXAMPLES = SHARED / "data" / "lpips_examples"  # ex_ref.png, ex_p0.png, ex_p1.png (richzhang/PerceptualSimilarity)
 needs_alexnet = pytest.mark.skipif(
     not ALEXNET_WEIGHTS.is_file(),
     reason=f"LPIPS backbone weights not found at {ALEXNET_WEIGHTS}; LPIPS checks need real AlexNet weights",
@@ -224,10 +225,11 @@ def test_lpips_backbone_is_the_file(lpips_model):
 
 
 def _example_images_dir() -> Path | None:
-    """The LPIPS example images: shipped in the lpips package, or a folder named by PFO_LPIPS_EXAMPLES."""
+    """The LPIPS example images: a folder named by PFO_LPIPS_EXAMPLES, else the project's shared folder
+    (``../shared/data/lpips_examples``, on our machines and in CI), else a copy shipped in the lpips package."""
     import lpips
 
-    candidates = list(Path(lpips.__file__).resolve().parent.rglob("ex_ref.png"))
+    candidates = [LPIPS_EXAMPLES / "ex_ref.png", *Path(lpips.__file__).resolve().parent.rglob("ex_ref.png")]
     if os.environ.get("PFO_LPIPS_EXAMPLES"):
         candidates.insert(0, Path(os.environ["PFO_LPIPS_EXAMPLES"]) / "ex_ref.png")
     for ref in candidates:
@@ -241,8 +243,9 @@ def test_lpips_reproduces_reference_distances(lpips_model):
     folder = _example_images_dir()
     if folder is None:
         pytest.skip(
-            "the lpips package does not ship ex_ref.png/ex_p0.png/ex_p1.png; set PFO_LPIPS_EXAMPLES to a "
-            "folder holding them (imgs/ of richzhang/PerceptualSimilarity) to check 0.722 / 0.138"
+            f"no LPIPS example images (ex_ref.png, ex_p0.png, ex_p1.png) in {LPIPS_EXAMPLES} or the lpips package; "
+            "set PFO_LPIPS_EXAMPLES to a folder holding them (imgs/ of richzhang/PerceptualSimilarity) to check "
+            "0.722 / 0.138"
         )
     from PIL import Image
 
