@@ -1,16 +1,14 @@
 """The baselines (rMLE, LM, GLASS, the inverse network) through the Python API, at the tiny size of test_attack:
-each one lowers the feature loss it is given, keeps its targets independent, and the inverse network learns only
-from public data."""
+each one lowers the feature loss it is given and keeps its targets independent. (That the inverse network learns
+only from public data: tests/test_threat_model.py.)"""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from test_attack import attack_images, tiny_generator, tiny_victim  # tests/ is on sys.path under pytest
 
-from pfo.attacks import GLASS, LM, RMLE, InverseNetworkTrainer
-from pfo.data import SyntheticImages
+from pfo.attacks import GLASS, LM, RMLE
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:LPIPS will be reported as missing"),
@@ -74,31 +72,3 @@ def test_lm_networks_start_from_per_target_seeds_and_normalise_each_channel():
     normed = torch.nn.functional.batch_norm(x, None, None, training=True)
     assert torch.allclose(normed.mean((0, 2, 3)), torch.zeros(2 * 8), atol=1e-5)
     assert torch.allclose(normed.var((0, 2, 3), unbiased=False), torch.ones(2 * 8), atol=1e-3)
-
-
-class RecordingImages(SyntheticImages):
-    """Synthetic data that records the splits whose images were handed out (a loader was built for them)."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.read: set[str] = set()
-
-    def loader(self, split: str, *args, **kwargs):
-        self.read.add(split)
-        return super().loader(split, *args, **kwargs)
-
-
-def test_the_inverse_network_learns_from_public_data_only(tmp_path):
-    trainer_kwargs = dict(
-        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
-    )
-    data = RecordingImages(resolution=16, train_split="public", val_split=None, batch_size=4)
-    model = InverseNetworkTrainer(tiny_victim(), width=8, export=None)
-    L.Trainer(**trainer_kwargs).fit(model, datamodule=data)
-    assert data.read == {"public"}
-
-    for split in ("private", "test"):
-        data = RecordingImages(resolution=16, train_split=split, val_split=None, batch_size=4)
-        with pytest.raises(ValueError, match="public"):
-            L.Trainer(**trainer_kwargs).fit(InverseNetworkTrainer(tiny_victim(), width=8, export=None), datamodule=data)
-        assert data.read == set()  # refused before any image was loaded

@@ -254,6 +254,7 @@ def test_short_training_moves_samples_towards_the_data():
     system = GANSystem(
         G, D, g_optimizer=adam, d_optimizer=adam, r1_gamma=0.01, style_mixing_prob=0.0, ema_kimg=0.5,
         sample_every_n_steps=None, export=None,
+        allow_nonpublic_training=True,  # a plain loader of toy colours names no split
     )  # fmt: skip
     z = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
     before = distance_to_nearest_colour(system.sample(z))

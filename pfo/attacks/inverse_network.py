@@ -1,11 +1,17 @@
 """IN, the inverse network (He et al., ACSAC 2019): a learning-based attack. A decoder ``h -> x`` is trained on the
 attacker's PUBLIC images and the victim head's (defended) features of them; each target then costs one forward
 pass. Training is a Lightning fit of its own (``python train.py fit --config configs/in_cifar10.yaml``), which
-writes a decoder file that the attack (``configs/in_resnet.yaml``) reuses."""
+writes a decoder file that the attack (``configs/in_resnet.yaml``) reuses.
+
+The decoder file records what the decoder can be used against (the victim, by a digest of its weights;
+the split point; the defense) and which data splits it learnt from; the attack refuses a decoder made for another
+victim, split point or defense."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +24,7 @@ from pfo.attacks.base import Reconstruction, ReconstructionAttack, freeze, froze
 from pfo.attacks.defenses import Defense
 from pfo.models.decoder import FeatureDecoder
 from pfo.models.split import SplitModel
+from pfo.threat_model import allowed_exceptions, require_attacker_data
 
 
 def adam(params) -> torch.optim.Optimizer:
@@ -29,9 +36,22 @@ def describe_defense(defense: Defense | None) -> str:
     return "none" if defense is None else repr(defense)
 
 
+def victim_digest(victim: SplitModel) -> str:
+    """SHA-256 of the victim's weights and buffers (names, dtypes, shapes, bytes), whatever its split point: two
+    victims with the same digest cut at the same point send the same features for the same image. (The whole
+    model, not the head alone: a ViT's head stages reach the position embedding through views that own no
+    state.)"""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(victim.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class InverseNetworkTrainer(L.LightningModule):
-    """Trains the decoder on public images. Refuses any data split but ``public``: the attacker never has the
-    victim's private data."""
+    """Trains the decoder on public images. Refuses to train or validate on any data split but ``public`` (the
+    attacker never has the victim's private data nor the targets) unless ``allow_nonpublic_training``."""
 
     def __init__(
         self,
@@ -41,6 +61,7 @@ class InverseNetworkTrainer(L.LightningModule):
         width: int = 128,
         optimizer: OptimizerCallable = adam,
         export: str | None = "decoder.pt",
+        allow_nonpublic_training: bool = False,
     ) -> None:
         """
         Args:
@@ -51,6 +72,10 @@ class InverseNetworkTrainer(L.LightningModule):
             width: hidden channels of the decoder.
             optimizer: builds the optimiser.
             export: decoder file written to the run folder after ``fit``.
+            allow_nonpublic_training: train or validate on a data module split other than ``public`` (or on data
+                that names no split), breaking the threat model on purpose (an ablation). By default ``fit`` stops
+                before its first step unless ``train_split`` is ``public`` and ``val_split`` null or ``public``
+                (the data modules' own default ``val_split: test`` would validate on the targets).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["victim", "defense", "optimizer"])
@@ -62,6 +87,7 @@ class InverseNetworkTrainer(L.LightningModule):
         with torch.no_grad():
             probe = self.victim.forward_head(torch.zeros(1, 3, size, size))
         self.decoder = FeatureDecoder.for_features(probe, size, width)
+        self._splits_seen: dict[str, str | None] | None = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -70,11 +96,10 @@ class InverseNetworkTrainer(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None)
-        split = getattr(data, "train_split", None)
-        if stage == "fit" and split != "public":
-            raise ValueError(
-                f"the inverse network must learn from the attacker's public data, but the data module trains on "
-                f"{split!r}; set `data.init_args.train_split: public`"
+        loops = {"fit": ("train", "val"), "validate": ("val",)}.get(stage)
+        if loops is not None:  # the threat model: the attacker's decoder learns from public data only
+            self._splits_seen = require_attacker_data(
+                "inverse network", data, loops, self.hparams.allow_nonpublic_training
             )
 
     @torch.no_grad()
@@ -104,6 +129,9 @@ class InverseNetworkTrainer(L.LightningModule):
                 split_point=self.victim.split_point,
                 defense=describe_defense(self.defense),
                 victim=self.victim_path,
+                victim_sha256=victim_digest(self.victim),
+                splits_seen=self._splits_seen,
+                threat_model_exceptions=allowed_exceptions(self),
             )
             print(f"decoder file written to {path}")
 
@@ -132,6 +160,7 @@ class InverseNetwork(ReconstructionAttack):
         super().__init__(victim, **kwargs)
         self.decoder, meta = load_decoder(decoder)
         freeze(self.decoder)
+        self.decoder_meta = meta
         if meta.get("split_point") not in (None, self.victim.split_point):
             raise ArtifactError(
                 f"the decoder was trained on features at {meta['split_point']!r} but the attack splits the victim at "
@@ -141,6 +170,19 @@ class InverseNetwork(ReconstructionAttack):
             raise ArtifactError(
                 f"the decoder was trained on features under defense {meta.get('defense')} but the attack runs with "
                 f"{describe_defense(self.defense)}; train the decoder with the same defense"
+            )
+        recorded = meta.get("victim_sha256")
+        if recorded is None:
+            warnings.warn(
+                f"{decoder} does not record which victim it was trained against (an older decoder file), so the "
+                "attack cannot check it; retrain the decoder to have it checked",
+                stacklevel=2,
+            )
+        elif recorded != victim_digest(self.victim):
+            raise ArtifactError(
+                f"the decoder in {decoder} was trained on the features of another victim (victim file "
+                f"{meta.get('victim')!r}); train a decoder for this victim (`model.init_args.victim` of the "
+                "decoder's config)"
             )
 
     def frozen_modules(self) -> list[torch.nn.Module]:

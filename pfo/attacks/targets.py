@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pfo.artifacts import load_artifact, save_artifact
 from pfo.data.base import ImageDataModule
 from pfo.data.splits import unit_hash
+from pfo.threat_model import require_target_split
 
 
 def target_seed(seed: int, index: int) -> int:
@@ -130,11 +131,13 @@ class Targets(L.LightningDataModule):
         pad_batches: bool = True,
         shard: int = 0,
         num_shards: int = 1,
+        allow_public_targets: bool = False,
     ) -> None:
         """
         Args:
             data: the data module holding the targets (its ``resolution`` must be the victim's input size).
-            split: the split the targets come from (never the attacker's public split in a real evaluation).
+            split: the split the targets come from; never the attacker's ``public`` split (refused unless
+                ``allow_public_targets``).
             count: how many targets, spread evenly over the split (ignored when ``indices`` is given).
             indices: explicit target indices within the split.
             features_file: attack features captured from a client (``pfo.attacks.save_features``) instead of
@@ -146,6 +149,8 @@ class Targets(L.LightningDataModule):
                 SLURM array; each writes its own run folder, ``python -m pfo.attacks.merge`` joins them).
             num_shards: how many shares: shard ``i`` takes every ``num_shards``-th target of the sorted target
                 list, starting at the ``i``-th.
+            allow_public_targets: take targets from the ``public`` split, breaking the threat model on purpose (an
+                ablation: reconstructing the prior's own training images).
         """
         super().__init__()
         if data is None and features_file is None:
@@ -156,6 +161,9 @@ class Targets(L.LightningDataModule):
             raise ValueError(f"`count` must be at least 1, got {count}")
         if num_shards < 1 or not 0 <= shard < num_shards:
             raise ValueError(f"`shard` must be in [0, num_shards), got shard {shard} of num_shards {num_shards}")
+        if features_file is None:  # a features file holds what clients sent: no split to check
+            require_target_split(split, allow_public_targets)
+        self.allow_public_targets = allow_public_targets
         self.data, self.split, self.count, self.indices = data, split, count, indices
         self.features_file, self.batch_size, self.pad_batches = features_file, batch_size, pad_batches
         self.shard, self.num_shards = shard, num_shards
@@ -174,6 +182,7 @@ class Targets(L.LightningDataModule):
             available = [int(i) for i in index]
             self.feature_meta = payload["meta"]
         else:
+            require_target_split(self.split, self.allow_public_targets)  # again: `split` may have been reassigned
             self._base = self.data.dataset(self.split)
             available = list(range(len(self._base)))
         if self.indices is not None:

@@ -41,6 +41,7 @@ from pfo.prior.losses import (
     r1_penalty,
     update_ema,
 )
+from pfo.threat_model import allowed_exceptions, require_attacker_data
 
 # Lightning 2.6 warns at every step-based checkpoint under manual optimisation that the saved weights are those
 # after the step. That is what we want: the checkpoint of step N holds the state after N steps, and resumes there.
@@ -102,6 +103,7 @@ class GANSystem(L.LightningModule):
         export: str | None = "generator.pt",
         export_every_n_steps: int | None = None,
         export_discriminator: bool = True,
+        allow_nonpublic_training: bool = False,
     ) -> None:
         """
         Args:
@@ -133,6 +135,10 @@ class GANSystem(L.LightningModule):
             export: file name of the generator file written in the run folder after ``fit``; null: none.
             export_every_n_steps: also (re)write it every this many steps, atomically; null: only at the end.
             export_discriminator: include D in the generator file, so fine-tuning can restart from it.
+            allow_nonpublic_training: train on a data module split other than ``public`` (or on data that names no
+                split), breaking the threat model on purpose (an ablation: a prior that saw the private data). By
+                default training stops before its first step unless the data module's ``train_split`` is
+                ``public`` and its ``val_split`` null or ``public``.
         """
         super().__init__()
         if generator.resolution != discriminator.resolution or generator.img_channels != discriminator.img_channels:
@@ -165,6 +171,7 @@ class GANSystem(L.LightningModule):
         self.images_seen = 0  # saved in checkpoints by on_save_checkpoint
         self._last_sample_step = -1
         self._last_reg: dict[str, Tensor] = {}
+        self._splits_seen: dict[str, str | None] | None = None
 
     # --- set-up ---------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> GANSystem:
@@ -176,6 +183,9 @@ class GANSystem(L.LightningModule):
         self._run_folder = None
         _ = self.run_folder  # resolve on every rank now (collective)
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit":  # the threat model: the attacker's prior learns from public data only
+            seen = require_attacker_data("prior", data, ("train", "val"), self.hparams.allow_nonpublic_training)
+            self._splits_seen = {"train": seen["train"]}  # no validation step: the val split is never read
         if data is not None and getattr(data, "resolution", self.G.resolution) != self.G.resolution:
             raise ValueError(
                 f"the data module serves {data.resolution}px images but the networks are {self.G.resolution}px; set "
@@ -396,6 +406,9 @@ class GANSystem(L.LightningModule):
             meta["dataset"] = type(data).__name__
             if hasattr(data, "train_split"):
                 meta["split"] = data.train_split
+        if self._splits_seen is not None:
+            meta["splits_seen"] = self._splits_seen  # which splits the prior trained (and validated) on
+        meta["threat_model_exceptions"] = allowed_exceptions(self)
         if self.hparams.init_from:
             meta["init_from"] = str(self.hparams.init_from)
         D = self.D if self.hparams.export_discriminator else None

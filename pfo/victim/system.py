@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from pfo.models.split import SplitModel
 from pfo.models.victim_file import save_victim
+from pfo.threat_model import allowed_exceptions, require_victim_data
 from pfo.victim.nopeek import distance_correlation
 
 
@@ -42,6 +43,7 @@ class VictimClassifier(L.LightningModule):
         channels_last: bool = True,
         nopeek_weight: float = 0.0,
         export: str | None = "victim.pt",
+        allow_nonprivate_training: bool = False,
     ) -> None:
         """
         Args:
@@ -60,6 +62,10 @@ class VictimClassifier(L.LightningModule):
             nopeek_weight: weight of the NoPeek defense: the distance correlation between each batch's inputs and
                 its split-point features is added to the loss (0: off).
             export: file name of the victim file written in the run folder after ``fit`` (null: none).
+            allow_nonprivate_training: train on a data module split other than ``private`` (or on data that names
+                no split), breaking the threat model on purpose (an ablation: a victim trained on the attacker's
+                public data). By default training stops before its first step unless ``train_split`` is
+                ``private``; validating on ``test`` is always fine.
         """
         super().__init__()
         for stage in progressive_resizing:
@@ -73,6 +79,7 @@ class VictimClassifier(L.LightningModule):
         self.train_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
+        self._splits_seen: dict[str, str | None] | None = None  # set when fit starts, recorded in the victim file
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self._memory_format(x))
@@ -95,6 +102,8 @@ class VictimClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit":  # the threat model: the victim learns from the private split
+            self._splits_seen = require_victim_data(data, self.hparams.allow_nonprivate_training)
         if data is not None and hasattr(data, "num_classes") and data.num_classes != self.net.num_classes:
             raise ValueError(
                 f"the data set has {data.num_classes} classes but the model was built with num_classes="
@@ -160,6 +169,9 @@ class VictimClassifier(L.LightningModule):
         accuracy = self.trainer.callback_metrics.get("val/accuracy") if self._trainer is not None else None
         if accuracy is not None:
             meta["val_accuracy"] = float(accuracy)
+        if self._splits_seen is not None:
+            meta["splits_seen"] = self._splits_seen  # which splits the victim trained and validated on
+        meta["threat_model_exceptions"] = allowed_exceptions(self)
         path = save_victim(self.net, path, **meta)
         print(f"victim file written to {path}")
         return path
