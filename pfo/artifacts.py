@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,59 @@ VERSION = 1
 
 class ArtifactError(ValueError):
     """A file that is not the pfo artifact expected (another kind, another format, or damaged)."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6 is a zip archive
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # the format before it
+
+# What writes each kind of file, and its name in the run folder: the fix an error about such a file names.
+MADE_BY = {
+    "victim": ("`python train.py fit --config configs/victim_*.yaml`", "victim.pt", "Victims, split points and files"),
+    "generator": ("`python train.py fit --config configs/gan_*.yaml`", "generator.pt", "The three stages"),
+    "decoder": ("`python train.py fit --config configs/in_*.yaml`", "decoder.pt", "Baselines, defenses, benchmark"),
+    "features": ("`pfo.attacks.save_features`", "features.pt", "Baselines, defenses, benchmark"),
+}
+
+
+def how_to_make(kind: str) -> str:
+    """Where a ``kind`` file comes from, for error messages: the command that writes it and the README section."""
+    command, name, section = MADE_BY.get(kind, ("the stage that makes it", f"{kind}.pt", "The three stages"))
+    return f"{command} writes one ({name} in its run folder; README: '{section}')"
+
+
+def damage(path: str | os.PathLike) -> str | None:
+    """Why ``path`` looks like a file cut short (an empty file, or a torch zip archive without its end), or None.
+
+    A copy or a download that stopped part-way is the usual cause; the fix is to copy or write the file again,
+    not to look for another format."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if head == ZIP_MAGIC and not zipfile.is_zipfile(path):
+        return "a torch file cut short: its zip archive has no end"
+    return None
+
+
+def load_failure(path: str | os.PathLike, what: str, error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` could not read ``path``, in words that fit a file we never unpickle
+    unsafely. torch's own message advises ``weights_only=False``, which runs any code the file carries: never
+    relay that advice for a file of unknown origin."""
+    path = Path(path)
+    why = damage(path)
+    if why is not None:
+        return f"{path} is damaged or incomplete ({why}); copy or write it again"
+    with open(path, "rb") as f:
+        head = f.read(len(LEGACY_TORCH_MAGIC))
+    if not (head.startswith(ZIP_MAGIC) or head == LEGACY_TORCH_MAGIC):
+        return f"{path} is not {what}: it is not a file torch.save wrote (another kind of file, or damaged)"
+    if "weights only load failed" in str(error).lower() or isinstance(error, pickle.UnpicklingError):
+        return (
+            f"{path} is not {what}: it holds Python objects beyond tensors and plain values, which pfo never "
+            f"unpickles (that would run code from the file)"
+        )
+    return f"{path} is damaged or incomplete (torch could not read it: {type(error).__name__}); copy or write it again"
 
 
 def save_artifact(path: str | os.PathLike, kind: str, config: dict, state_dict: dict, **meta: Any) -> Path:
@@ -47,17 +102,17 @@ def load_artifact(path: str | os.PathLike, kind: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        raise ArtifactError(f"{load_failure(path, f'a pfo {kind} file', error)}; {how_to_make(kind)}") from error
+    if isinstance(payload, dict) and "state_dict" in payload and "pytorch-lightning_version" in payload:
+        name = MADE_BY.get(kind, ("", f"{kind}.pt", ""))[1]
+        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         raise ArtifactError(
-            f"{path} is not a readable {kind} file: {error}. It may be damaged or of another kind; "
-            f"re-export it (see README: 'Stages and files')"
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        hint = (
-            " (a Lightning checkpoint: export it first)"
-            if isinstance(payload, dict) and "state_dict" in payload and "pytorch-lightning_version" in payload
-            else ""
+            f"{path} is a Lightning checkpoint, not a pfo {kind} file: give `{folder / name}`, which `train.py fit` "
+            f"writes when the run ends (if it is missing, rerun the same `train.py fit` command: it resumes from "
+            f"its last checkpoint, finishes and writes it)"
         )
-        raise ArtifactError(f"{path} is not a pfo {kind} file{hint}")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a pfo {kind} file; {how_to_make(kind)}")
     if payload.get("kind") != kind:
         raise ArtifactError(f"{path} is a pfo {payload.get('kind')} file, not a {kind} file")
     if payload.get("version", 0) > VERSION:

@@ -42,6 +42,9 @@ class ImageDataModule(L.LightningDataModule):
     subfolder: ClassVar[str] = ""
     split_names: ClassVar[tuple[str, ...]] = ("private", "public", "test")
     layout_help: ClassVar[str] = ""
+    # The option that sets ``root`` in the command in use: ``train.py`` has the data module at ``data``; ``attack.py``
+    # nests it in the targets (``data.data``) and says so (``AttackCLI.after_instantiate_classes``).
+    root_option: str = "data.init_args.root"
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class ImageDataModule(L.LightningDataModule):
         if not isinstance(resolution, int) or resolution < 8:  # any size: victims use 224, generators 2^k
             raise ValueError(f"resolution must be an integer >= 8 (the side in pixels), got {resolution!r}")
         self.root = resolve_root(root, self.subfolder)
+        self.root_given = root is not None
         self.resolution = resolution
         self.train_split, self.val_split = train_split, val_split
         self.test_split, self.predict_split = test_split, predict_split
@@ -94,11 +98,13 @@ class ImageDataModule(L.LightningDataModule):
 
     # --- shared machinery ----------------------------------------------------------------------------------
     def missing(self, what: str) -> DataNotFoundError:
+        """The error for data that is not where ``root`` says, in one line: where we looked, the layout expected,
+        and the fix. ``PFO_DATA_ROOT`` is only offered where it would be read (``root`` not set)."""
+        fix = f"set `{self.root_option}` to the folder holding the data"
+        if not self.root_given:
+            fix += f", or point the {DATA_ROOT_ENV} environment variable at a folder containing `{self.subfolder}/`"
         return DataNotFoundError(
-            f"{type(self).__name__}: {what} under {self.root.resolve()}.\n"
-            f"Expected layout: {self.layout_help}\n"
-            f"Fix: set `data.init_args.root` to the folder holding the data, or point the {DATA_ROOT_ENV} "
-            f"environment variable at a folder containing `{self.subfolder}/`."
+            f"{type(self).__name__}: {what} under {self.root.resolve()} (expected: {self.layout_help}); {fix}"
         )
 
     @cached_property

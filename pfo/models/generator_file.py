@@ -15,7 +15,16 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pfo.artifacts import FORMAT, VERSION, ArtifactError, build_from_config, load_artifact, save_artifact
+from pfo.artifacts import (
+    FORMAT,
+    VERSION,
+    ArtifactError,
+    build_from_config,
+    damage,
+    load_artifact,
+    load_failure,
+    save_artifact,
+)
 from pfo.models.dcgan import DCGANGenerator, is_dcgan_checkpoint, load_dcgan
 from pfo.models.named_priors import is_prior_name, named_prior_path
 from pfo.models.stylegan2 import Discriminator, Generator
@@ -128,10 +137,7 @@ def _torch_payload(path: Path) -> Any:
     try:
         return _torch_load(path)  # weights_only, plus argparse.Namespace (rosinality's training checkpoints)
     except Exception as error:  # a damaged or code-carrying file: not something we load
-        raise ArtifactError(
-            f"{path}: torch.load(weights_only=True) failed ({type(error).__name__}: {str(error)[:200]}); "
-            f"expected {PRIOR_FORMATS}"
-        ) from error
+        raise ArtifactError(f"{load_failure(path, 'a StyleGAN2 prior', error)}; expected {PRIOR_FORMATS}") from error
 
 
 def _is_rosinality(obj: Any) -> bool:
@@ -147,6 +153,8 @@ def _read(path: Path) -> tuple[str, Any]:
     else raises :class:`~pfo.artifacts.ArtifactError` naming the formats we read."""
     if not path.is_file():
         raise FileNotFoundError(f"no prior file at {path}")
+    if (why := damage(path)) is not None:
+        raise ArtifactError(f"{path} is damaged or incomplete ({why}); copy or write it again")
     obj = _torch_payload(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         if obj.get("kind") != KIND:
@@ -166,6 +174,8 @@ def _read(path: Path) -> tuple[str, Any]:
     try:
         data = load_pickle_safely(path)
     except Exception as error:  # malformed or foreign pickles fail in many ways; all mean "not a prior"
+        if isinstance(error, EOFError) or "truncated" in str(error):  # a pickle that stops part-way
+            raise ArtifactError(f"{path} is damaged or incomplete (the pickle stops part-way)") from error
         raise _foreign(path, f"neither a torch file nor a readable NVlabs pickle ({str(error)[:200]})") from error
     if not (isinstance(data, Mapping) and any(isinstance(v, PersistentStub) for v in data.values())):
         raise _foreign(path, "a pickle without NVlabs networks")

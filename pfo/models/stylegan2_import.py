@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
+from pfo.artifacts import damage, load_failure
 from pfo.models.stylegan2 import Discriminator, Generator
 
 PathLike = str | os.PathLike
@@ -801,6 +802,8 @@ def _sniff(path: PathLike) -> tuple[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(path)
+    if (why := damage(path)) is not None:
+        raise ValueError(f"{path} is damaged or incomplete ({why}); copy or write it again")
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_TORCH_MAGIC))
     if zipfile.is_zipfile(path) or head == _LEGACY_TORCH_MAGIC:
@@ -808,8 +811,7 @@ def _sniff(path: PathLike) -> tuple[str, Any]:
             obj = _torch_load(path)
         except Exception as e:  # any failure means "not a supported file"
             raise ValueError(
-                f"{path}: torch.load(weights_only=True) failed ({type(e).__name__}: {str(e)[:200]}); "
-                f"supported: {SUPPORTED_FORMATS}"
+                f"{load_failure(path, 'a StyleGAN2 checkpoint', e)}; supported: {SUPPORTED_FORMATS}"
             ) from e
         if isinstance(obj, Mapping) and ("g_ema" in obj or "style.1.weight" in obj):
             return "rosinality", obj
@@ -822,6 +824,8 @@ def _sniff(path: PathLike) -> tuple[str, Any]:
     try:
         data = load_pickle_safely(path)
     except Exception as e:  # malformed pickles fail in many ways
+        if isinstance(e, EOFError) or "truncated" in str(e):  # a pickle that stops part-way
+            raise ValueError(f"{path} is damaged or incomplete (the pickle stops part-way)") from e
         raise ValueError(
             f"{path} is neither a torch file nor a readable NVlabs pickle "
             f"({type(e).__name__}: {str(e)[:200]}); "
