@@ -293,18 +293,18 @@ class PFO(GANInversionAttack):
             ws = P.expand(candidates[:, attempt]).requires_grad_(True)
             stopped = failed | ~todo
             radius = self.scaled(self.hparams.latent_radius, ws)
-            anchors = [(ws, ws.detach().clone(), radius)]
+            anchor = ws.detach().clone() if radius is not None else None
 
-            def constrain(anchors=anchors) -> None:
-                self.constrain_all(anchors)
+            def constrain(ws=ws, anchor=anchor, radius=radius) -> None:
+                project_deviation_(ws, anchor, radius)
 
             def render_ws(ws=ws) -> torch.Tensor:
                 return P.render(ws)
 
             name = f"stage0_{P.latent_name}" + ("" if attempt == 0 else f"_restart{attempt}")
             self.optimize(
-                [ws], render_ws, h_star, self.steps[0], lr, stopped,
-                constrain=constrain if radius is not None else None, name=name,
+                [ws], render_ws, h_star, self.steps[0], lr, stopped, name=name,
+                constrain=constrain if radius is not None else None,  # optional: the paper's stage 0 has no ball
             )  # fmt: skip
             ws = ws.detach()
             with torch.no_grad():
@@ -336,10 +336,9 @@ class PFO(GANInversionAttack):
             state = P.state_at(1, ws) if len(self.steps) > 1 else None
 
         for k in range(1, len(self.steps)):
-            names = P.state_names
             state_vars = [s.detach().clone().requires_grad_(True) for s in state]
             anchors = []
-            for name, var in zip(names, state_vars):
+            for name, var in zip(P.state_names, state_vars):
                 setting, option = self.state_radius(name)
                 anchors.append((var, var.detach().clone(), self.radius(setting, k, var, option)))
             split = P.latent_split(k)
