@@ -7,8 +7,10 @@ targets::
 
 The per-target result files are copied into ``OUT/targets/`` and merged as a run's own are; ``OUT/merged_from.json``
 names the shards. The shards must run the same attack on the same targets (their ``config.yaml`` may differ only in
-the shard, the trainer and the logger), be disjoint, and be finished (``--partial`` merges whatever is done).
-Merging again after more shards finished is safe: it only adds and overwrites.
+the shard, the trainer and the logger; their recorded settings, ``fingerprint.json``, not at all), be disjoint, and
+be finished (``--partial`` merges whatever is done). ``OUT`` records the shards' settings, so an attack run resumed
+in it later is checked against them like any run's. Merging again after more shards finished is safe: it only adds
+and overwrites.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from pfo.attacks.fingerprint import compare_fingerprints, describe_differences, read_fingerprint, write_fingerprint
 from pfo.attacks.outputs import AttackOutputs
 
 SHARD_KEYS = ("shard", "num_shards")
@@ -83,6 +86,7 @@ def merge_runs(
     reference: tuple[Path, dict] | None = None
     numbers: dict[int, Path] = {}
     num_shards = None
+    settings: tuple[Path, dict] | None = None  # the first shard's recorded settings
     for folder in folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"shard folder {folder} does not exist")
@@ -104,6 +108,13 @@ def merge_runs(
                     "num_shards, a different shard each)"
                 )
             owner[index] = folder
+        recorded = read_fingerprint(folder)
+        if recorded is not None and settings is None:
+            settings = (folder, recorded)
+        elif recorded is not None and (differences := compare_fingerprints(settings[1], recorded)):
+            raise ValueError(
+                f"{settings[0]} and {folder} ran different attacks or targets:\n{describe_differences(differences)}"
+            )
         config = _config(folder)
         if config is not None:
             if reference is None:
@@ -126,6 +137,12 @@ def merge_runs(
             raise ValueError(f"shards {missing} of {num_shards} are missing; pass --partial to merge without them")
 
     target = AttackOutputs(out)
+    earlier = read_fingerprint(out)
+    if settings is not None and earlier is not None and (differences := compare_fingerprints(earlier, settings[1])):
+        raise ValueError(
+            f"{out} already holds results of other settings:\n{describe_differences(differences)}\nmerge into a new "
+            "folder"
+        )
     stale = target.finished() - set(owner)
     if stale:
         raise ValueError(
@@ -133,6 +150,8 @@ def merge_runs(
             "a new folder"
         )
     target.targets.mkdir(parents=True, exist_ok=True)
+    if settings is not None:
+        write_fingerprint(out, settings[1])
     for index, folder in sorted(owner.items()):
         _copy(AttackOutputs(folder).path(index), target.path(index))
     if stage_images is None:
