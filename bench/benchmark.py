@@ -1,15 +1,26 @@
-"""The CIFAR-10 benchmark (GUIDE section 8): every attack x split point x prior, with and without a noise defense.
+"""The benchmark (GUIDE section 8): every attack x split point x prior, with and without a noise defense, in one of
+three settings (one protocol, a setting argument):
+
+- ``cifar10`` (default): the CIFAR-10 ResNet-18 (CIFAR stem) at ``conv1`` ... ``layer4``; priors trained on the
+  public CIFAR-10 half (in distribution) and on Tiny-ImageNet (out of distribution).
+- ``faces``: the 64-px LFW face ResNet-18 (ImageNet stem, as in the literature) at ``layer2`` ... ``layer4``; priors
+  trained on the public LFW people (in distribution) and the pretrained DigiFace DCGAN (``digiface-dcgan64``,
+  synthetic faces: out of distribution).
+- ``vit``: the small CIFAR-10 ViT (4-px patches) at ``blocks.0``, ``blocks.2``, ``blocks.5``; the CIFAR-10 priors.
 
     python bench/benchmark.py                 # full protocol: 16 targets, 500 steps, 5 split points
-    python bench/benchmark.py --quick         # minutes: 4 targets, 40 steps, layer1 and layer2, in-distribution prior
+    python bench/benchmark.py --quick         # minutes: 4 targets, 40 steps, two split points, in-distribution prior
     python bench/benchmark.py --victim logs/victim_cifar10_resnet18/victim.pt \
         --prior cifar10=logs/gan_cifar10/generator.pt --prior tinyimagenet=logs/gan_tinyimagenet/generator.pt
+    python bench/benchmark.py --setting faces --victim logs/victim_lfw_resnet18/victim.pt \
+        --prior lfw=logs/gan_lfw/generator.pt --prior digiface=digiface-dcgan64
 
-It trains what it is not given (the victim, the in-distribution prior on the public CIFAR-10 half, the OOD prior on
-Tiny-ImageNet, one inverse-network decoder per split point and defense) and caches it under ``--cache``; attack runs
-live under ``--out`` and resume like any attack run, so a rerun only computes what is missing. Every attack gets the
-same targets and the same number of optimisation steps per target; latent-search forward passes (PFO, GLASS) are
-reported in their own column. Output: ``table.md`` (also printed), ``results.json``, one
+It trains what it is not given (the victim, the priors, one inverse-network decoder per split point and defense)
+and caches it under ``--cache``; attack runs live under ``--out`` and resume like any attack run, so a rerun only
+computes what is missing. A run's folder name carries a key of every setting that decides its result (the victim
+and prior files' contents, steps, n_init, the extra overrides), so a rerun with other settings never reuses it.
+Every attack gets the same targets and the same number of optimisation steps per target; latent-search forward
+passes (PFO, GLASS) are reported in their own column. Output: ``table.md`` (also printed), ``results.json``, one
 ``reconstructions_<split>.png`` per split point (rows: originals and each attack; columns: targets) and
 ``psnr_vs_split.png``. Data: ``$PFO_DATA_ROOT`` or ``data/``.
 """
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import sys
@@ -29,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SPLITS = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+SPLITS = ["conv1", "layer1", "layer2", "layer3", "layer4"]  # the CIFAR-10 setting's
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,57 @@ ATTACKS = {
     "lm": AttackSpec("LM", "configs/lm_resnet.yaml"),
     "in": AttackSpec("IN", "configs/in_resnet.yaml", learned=True),
 }
-PRIOR_CONFIGS = {"cifar10": "configs/gan_cifar10.yaml", "tinyimagenet": "configs/gan_tinyimagenet.yaml"}
+CIFAR10_DATA = {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
+CIFAR10_PRIORS = {"cifar10": "configs/gan_cifar10.yaml", "tinyimagenet": "configs/gan_tinyimagenet.yaml"}
+NAMED = "named:"  # a prior value naming a pretrained prior (pfo.models.load_prior resolves it) instead of a config
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What differs between the benchmark's settings; the protocol (budgets, attacks, table) is the same."""
+
+    name: str
+    victim_config: str  # trained when --victim is not given
+    split_points: tuple[str, ...]  # every split point the setting may attack, in depth order
+    default_splits: tuple[str, ...]
+    priors: dict[str, str]  # prior name -> config to train, or NAMED + a pretrained prior's name
+    decoder_config: str  # the inverse network's decoder, trained on the public split
+    data: dict  # the targets' (and the utility measurement's) data module: its test split
+    attacks: tuple[str, ...]
+
+
+SETTINGS = {
+    "cifar10": Setting(
+        "cifar10",
+        "configs/victim_cifar10_resnet18.yaml",
+        tuple(SPLITS),
+        tuple(SPLITS),
+        CIFAR10_PRIORS,
+        "configs/in_cifar10.yaml",
+        CIFAR10_DATA,
+        ("pfo", "glass", "rmle", "lm", "in"),
+    ),
+    "faces": Setting(
+        "faces",
+        "configs/victim_lfw_resnet18.yaml",
+        ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4"),
+        ("layer2", "layer3", "layer4"),
+        {"lfw": "configs/gan_lfw.yaml", "digiface": NAMED + "digiface-dcgan64"},
+        "configs/in_lfw.yaml",
+        {"class_path": "pfo.data.LFW", "init_args": {"resolution": 64}},
+        ("pfo", "glass", "rmle", "lm", "in"),
+    ),
+    "vit": Setting(
+        "vit",
+        "configs/victim_cifar10_vit.yaml",
+        ("patch_embed", *(f"blocks.{k}" for k in range(6))),
+        ("blocks.0", "blocks.2", "blocks.5"),
+        CIFAR10_PRIORS,
+        "configs/in_cifar10.yaml",
+        CIFAR10_DATA,
+        ("pfo", "glass", "rmle", "in"),
+    ),
+}
 
 
 def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
@@ -96,12 +158,13 @@ def defense_arg(noise: float | None) -> list[str]:
 
 @dataclass
 class Options:
+    setting: str = "cifar10"
     targets: int = 16
     steps: int = 500
     n_init: int = 64
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
     attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
-    priors: list[str] = field(default_factory=lambda: list(PRIOR_CONFIGS))
+    priors: list[str] = field(default_factory=lambda: list(CIFAR10_PRIORS))
     noise: float = 0.1
     victim_overrides: list[str] = field(default_factory=list)
     prior_overrides: list[str] = field(default_factory=list)
@@ -111,11 +174,34 @@ class Options:
     lpips_weights: str | None = None
     report_only: bool = False
     utility_images: int = 1000  # test images the victim's accuracy under each defense level is measured on
-    utility_data: dict = field(
-        default_factory=lambda: {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
-    )
+    utility_data: dict | None = None  # default: the setting's data
     cache: Path = Path("bench_cache")
     out: Path = Path("bench_results")
+
+    @property
+    def spec(self) -> Setting:
+        return SETTINGS[self.setting]
+
+    @property
+    def data(self) -> dict:
+        return self.utility_data or self.spec.data
+
+    @classmethod
+    def for_setting(cls, setting: str, quick: bool = False) -> Options:
+        """The protocol's defaults in ``setting`` (``--quick``: minutes, the first two default split points and the
+        first prior)."""
+        spec = SETTINGS[setting]
+        options = cls(
+            setting=setting,
+            splits=list(spec.default_splits),
+            attacks=list(spec.attacks),
+            priors=list(spec.priors),
+        )
+        if quick:
+            for key, value in QUICK.items():
+                setattr(options, key, value)
+            options.splits, options.priors = list(spec.default_splits[:2]), list(spec.priors)[:1]
+        return options
 
 
 QUICK = dict(
@@ -123,8 +209,6 @@ QUICK = dict(
     steps=40,
     n_init=8,
     utility_images=200,
-    splits=["layer1", "layer2"],
-    priors=["cifar10"],
     victim_overrides=[
         "--trainer.max_epochs",
         "1",
@@ -169,19 +253,62 @@ def _train(config: str, name: str, folder: Path, overrides: list[str], product: 
 def ensure_victim(options: Options, given: str | None) -> Path:
     if given:
         return Path(given)
-    return _train(
-        "configs/victim_cifar10_resnet18.yaml", "victim", options.cache, options.victim_overrides, "victim.pt"
-    )
+    name = "victim" if options.setting == "cifar10" else f"victim_{options.setting}"
+    return _train(options.spec.victim_config, name, options.cache, options.victim_overrides, "victim.pt")
 
 
-def ensure_prior(options: Options, name: str, given: dict[str, str]) -> Path:
+def ensure_prior(options: Options, name: str, given: dict[str, str]) -> Path | str:
+    """The prior's file (trained and cached when not given), or the name of a pretrained prior."""
     if name in given:
-        return Path(given[name])
-    return _train(PRIOR_CONFIGS[name], f"prior_{name}", options.cache, options.prior_overrides, "generator.pt")
+        return given[name]
+    config = options.spec.priors[name]
+    if config.startswith(NAMED):
+        return config
+    return _train(config, f"prior_{name}", options.cache, options.prior_overrides, "generator.pt")
+
+
+def prior_argument(prior: Path | str) -> str:
+    """What the attack's ``generator`` option gets: a file's path or a pretrained prior's name."""
+    return prior[len(NAMED) :] if isinstance(prior, str) and prior.startswith(NAMED) else str(prior)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's contents: the identity of a victim or prior file, whatever its path."""
+    from pfo.attacks.fingerprint import file_digest as digest  # remembered per path, size and mtime
+
+    return digest(path)
+
+
+def identity(thing: Path | str | None) -> str | None:
+    """A victim's or prior's identity: its file's digest, or a pretrained prior's name."""
+    if thing is None:
+        return None
+    if not Path(prior_argument(thing)).is_file():
+        return prior_argument(thing)
+    return file_digest(str(thing))
+
+
+def run_key(options: Options, victim: Path | None, prior: Path | str | None) -> str:
+    """A short key of every setting that decides an attack run's result besides its cell (attack, split point,
+    prior name, defense level): the victim's and prior's identities, the step budget, n_init and the extra
+    overrides. The target count is left out on purpose: a run with more targets extends a finished one."""
+    settings = {
+        "setting": options.setting,
+        "victim": identity(victim),
+        "prior": identity(prior),
+        "steps": options.steps,
+        "n_init": options.n_init,
+        "overrides": options.extra_attack_overrides,
+        "data": options.spec.data,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def ensure_decoder(options: Options, victim: Path, split: str, noise: float | None) -> Path:
     name = f"decoder_{split}_noise{noise or 0:g}"
+    if options.setting != "cifar10":
+        name = f"{options.setting}_{name}"
+    name += f"_{file_digest(str(victim))[:10]}"
     overrides = [
         "--model.init_args.victim",
         str(victim),
@@ -192,11 +319,12 @@ def ensure_decoder(options: Options, victim: Path, split: str, noise: float | No
         str(options.decoder_epochs),
         *options.decoder_overrides,
     ]
-    return _train("configs/in_cifar10.yaml", name, options.cache, overrides, "decoder.pt")
+    return _train(options.spec.decoder_config, name, options.cache, overrides, "decoder.pt")
 
 
-def run_name(attack: str, split: str, prior: str | None, noise: float | None) -> str:
-    return f"{attack}_{split}_{prior or 'none'}_noise{noise or 0:g}"
+def run_name(attack: str, split: str, prior: str | None, noise: float | None, key: str = "") -> str:
+    """``<attack>_<split>_<prior>_noise<level>[_<run key>]``."""
+    return f"{attack}_{split}_{prior or 'none'}_noise{noise or 0:g}" + (f"_{key}" if key else "")
 
 
 def run_attack(
@@ -204,7 +332,7 @@ def run_attack(
     attack: str,
     victim: Path,
     split: str,
-    prior: Path | None,
+    prior: Path | str | None,
     decoder: Path | None,
     noise: float | None,
     name: str,
@@ -234,13 +362,15 @@ def run_attack(
         name,
         "--trainer.enable_progress_bar",
         "false",
+        "--data.data",
+        json.dumps(options.spec.data),
         *options.extra_attack_overrides,
     ]
     if attack == "in":
         args = _drop_option(args, "--model.init_args.progress")  # no optimisation loop, no such option
         args += ["--model.init_args.decoder", str(decoder)]
     if spec.uses_prior:
-        args += ["--model.init_args.generator", str(prior)]
+        args += ["--model.init_args.generator", prior_argument(prior)]
     if options.lpips_weights:
         args += ["--model.init_args.lpips_weights", options.lpips_weights]
     AttackCLI(args=args)
@@ -304,9 +434,12 @@ def _pyplot():
     return plt
 
 
-def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int = 8) -> Path | None:
+def reconstruction_figure(
+    rows: list[dict], split: str, path: Path, count: int = 8, data: dict | None = None
+) -> Path | None:
     """Rows: the originals and each attack's reconstructions at ``split`` without a defense, each row labelled with
-    its attack, prior and mean PSNR; columns: the first ``count`` targets."""
+    its attack, prior and mean PSNR; columns: the first ``count`` targets (``data``: the targets' data module,
+    default CIFAR-10)."""
     from torchvision.utils import make_grid, save_image
 
     chosen = [r for r in rows if r["split"] == split and r["defense"] == "none"]
@@ -315,7 +448,7 @@ def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int =
     first = torch.load(Path(chosen[0]["summary"]["folder"]) / "reconstructions.pt", weights_only=True)
     index = first["index"][:count]
     images, labels = [], []
-    originals = originals_for(index)
+    originals = originals_for(index, data or CIFAR10_DATA)
     if originals is not None:
         images.append(originals)
         labels.append("original")
@@ -343,28 +476,38 @@ def reconstruction_figure(rows: list[dict], split: str, path: Path, count: int =
 
 
 @functools.cache
-def _cifar10_test_set():
-    """Built once for every split point's figure (the targets are the same test images)."""
-    from pfo.data import CIFAR10
+def _test_set(data: str):
+    """Built once for every split point's figure (the targets are the same test images); ``data`` is the data
+    module's spec as JSON (hashable)."""
+    from pfo.artifacts import build_from_config
+    from pfo.data import ImageDataModule
 
-    return CIFAR10(resolution=32, cache=False).dataset("test")
+    spec = json.loads(data)
+    spec = {**spec, "init_args": {**spec.get("init_args", {}), "cache": False}}
+    return build_from_config(spec, ImageDataModule).dataset("test")
 
 
-def originals_for(index: torch.Tensor) -> torch.Tensor | None:
+def originals_for(index: torch.Tensor, data: dict) -> torch.Tensor | None:
     try:
-        dataset = _cifar10_test_set()
+        dataset = _test_set(json.dumps(data, sort_keys=True))
         return torch.stack([dataset[int(i)]["image"] for i in index])
     except Exception:  # the figure then shows reconstructions only
         return None
 
 
 ATTACK_COLOURS = {"PFO": "tab:blue", "GLASS": "tab:orange", "rMLE": "tab:green", "LM": "tab:red", "IN": "tab:purple"}
-PRIOR_STYLES = {"-": ("-", "o"), "cifar10": ("-", "o"), "tinyimagenet": ("--", "^")}  # line, marker
+PRIOR_STYLES = {  # line, marker; dashed: the out-of-distribution priors
+    "-": ("-", "o"),
+    "cifar10": ("-", "o"),
+    "lfw": ("-", "o"),
+    "tinyimagenet": ("--", "^"),
+    "digiface": ("--", "^"),
+}
 
 
-def psnr_plot(rows: list[dict], path: Path) -> Path | None:
-    """Mean PSNR against the split point: one panel per defense level, a colour per attack, a line style per prior
-    (dashed: the OOD prior)."""
+def psnr_plot(rows: list[dict], path: Path, splits: list[str] | tuple[str, ...] = SPLITS) -> Path | None:
+    """Mean PSNR against the split point (``splits``: their order): one panel per defense level, a colour per
+    attack, a line style per prior (dashed: the OOD prior)."""
     plt = _pyplot()
     if plt is None:
         print("matplotlib not installed: skipping the PSNR-vs-split plot (pip install matplotlib)")
@@ -379,14 +522,14 @@ def psnr_plot(rows: list[dict], path: Path) -> Path | None:
             if r["defense"] == defense:
                 groups.setdefault((r["attack"], r["prior"]), []).append(r)
         for (attack, prior), items in sorted(groups.items()):
-            items = sorted(items, key=lambda r: SPLITS.index(r["split"]))
-            xs = [SPLITS.index(r["split"]) for r in items]
+            items = sorted(items, key=lambda r: splits.index(r["split"]))
+            xs = [splits.index(r["split"]) for r in items]
             ys = [r["summary"]["metrics"].get("psnr", {}).get("mean", math.nan) for r in items]
             line, marker = PRIOR_STYLES.get(prior, (":", "s"))
             label = attack + (f" ({prior} prior)" if prior != "-" else "")
             ax.plot(xs, ys, color=ATTACK_COLOURS.get(attack), linestyle=line, marker=marker, label=label)
         ax.set_title(f"defense: {defense}")
-        ax.set_xticks(range(len(SPLITS)), SPLITS)
+        ax.set_xticks(range(len(splits)), list(splits))
         ax.set_xlabel("split point")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -413,7 +556,8 @@ def victim_utility(options: Options, victim: Path | None, split: str, noise: flo
     too few for an accuracy), with the noise drawn as the attack runs draw it. Cached in ``--out`` per split point
     and defense level; with ``victim`` None (``--report_only``) only the cached value is read.
     """
-    path = options.out / f"utility_{split}_noise{noise or 0:g}.json"
+    setting = "" if options.setting == "cifar10" else f"{options.setting}_"
+    path = options.out / f"utility_{setting}{split}_noise{noise or 0:g}.json"
     if path.is_file():
         cached = json.loads(path.read_text())
         if victim is None or cached["victim"] == str(victim):
@@ -428,7 +572,7 @@ def victim_utility(options: Options, victim: Path | None, split: str, noise: flo
     from pfo.data import ImageDataModule
     from pfo.models import load_victim
 
-    dataset = build_from_config(options.utility_data, ImageDataModule).dataset("test")
+    dataset = build_from_config(options.data, ImageDataModule).dataset("test")
     subset = Subset(dataset, spread_indices(len(dataset), options.utility_images))
     accuracy = accuracy_under_defense(
         load_victim(victim, split_point=split),
@@ -436,35 +580,43 @@ def victim_utility(options: Options, victim: Path | None, split: str, noise: flo
         DataLoader(subset, batch_size=200),
     )
     result = {"accuracy": accuracy, "images": len(subset), "victim": str(victim)}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result) + "\n")
     return result
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One attack run of the table: an attack at a split point, with a prior (PFO, GLASS) and a defense level."""
+    """One attack run of the table: an attack at a split point, with a prior (PFO, GLASS) and a defense level.
+    ``key``: the run key of everything else that decides its result (``run_key``); empty when unknown
+    (``--report_only`` without ``--victim``), in which case the run is found by its name's prefix."""
 
     attack: str
     split: str
     prior: str | None
     noise: float | None
+    key: str = ""
+    depth: int = 0  # the split point's position in the setting, for the cost estimate
 
     @property
     def name(self) -> str:
-        return run_name(self.attack, self.split, self.prior, self.noise)
+        return run_name(self.attack, self.split, self.prior, self.noise, self.key)
 
     @property
     def cost(self) -> float:
         """A rough relative cost, only to start the longest runs first when cells run in parallel: an inverse
         network trains a decoder over the whole public half; deeper split points cost more per step."""
         weight = {"in": 100.0, "glass": 1.5, "lm": 1.2, "pfo": 1.0, "rmle": 0.6}[self.attack]
-        return weight * (1 + SPLITS.index(self.split))
+        return weight * (1 + self.depth)
 
 
-def table_cells(options: Options) -> list[Cell]:
-    """Every run of the table, in the table's order: defense level, split point, attack, prior."""
+def table_cells(options: Options, keys: dict[str | None, str] | None = None) -> list[Cell]:
+    """Every run of the table, in the table's order: defense level, split point, attack, prior. ``keys``: the run
+    key per prior name (None: the attacks without a prior)."""
+    keys = keys or {}
+    order = options.spec.split_points
     return [
-        Cell(attack, split, prior, noise)
+        Cell(attack, split, prior, noise, keys.get(prior, ""), order.index(split))
         for noise in [None] + ([options.noise] if options.noise else [])
         for split in options.splits
         for attack in options.attacks
@@ -472,13 +624,34 @@ def table_cells(options: Options) -> list[Cell]:
     ]
 
 
+def run_keys(options: Options, victim: Path | None, priors: dict[str, Path | str]) -> dict[str | None, str]:
+    """The run key of each prior's runs and of the runs without a prior; none without the victim."""
+    if victim is None:
+        return {}
+    return {None: run_key(options, victim, None), **{n: run_key(options, victim, p) for n, p in priors.items()}}
+
+
+def cell_folder(options: Options, cell: Cell) -> Path:
+    """The cell's run folder; without a key, the one finished run whose name starts with the cell's name."""
+    if cell.key:
+        return options.out / cell.name
+    found = sorted(p.parent for p in options.out.glob(f"{cell.name}_*/summary.json"))
+    if len(found) > 1:
+        raise ValueError(
+            f"{len(found)} finished runs match {cell.name} under {options.out} ({', '.join(p.name for p in found)}): "
+            "they differ in victim, prior or budget; pass --victim and --prior to choose"
+        )
+    return found[0] if found else options.out / cell.name
+
+
 def is_complete(options: Options, cell: Cell) -> bool:
-    """Finished with every target asked for (a run with fewer targets is resumed and extended)."""
-    summary = finished_summary(options.out / cell.name)
+    """Finished with every target asked for (a run with fewer targets is resumed and extended). The run key in
+    the folder's name already guarantees that the finished targets were computed with the same settings."""
+    summary = finished_summary(cell_folder(options, cell))
     return summary is not None and summary["targets"] >= options.targets
 
 
-def compute_cell(options: Options, cell: Cell, victim: Path, priors: dict[str, Path]) -> dict:
+def compute_cell(options: Options, cell: Cell, victim: Path, priors: dict[str, Path | str]) -> dict:
     """Train the cell's decoder when it needs one (IN), then run (or resume) its attack."""
     decoder = ensure_decoder(options, victim, cell.split, cell.noise) if cell.attack == "in" else None
     prior = priors.get(cell.prior) if cell.prior else None
@@ -554,13 +727,18 @@ def run(
     """Compute what the table lacks (with ``jobs`` > 1 in parallel processes) and return its rows."""
     options.cache.mkdir(parents=True, exist_ok=True)
     options.out.mkdir(parents=True, exist_ok=True)
+    needed = options.priors if any(ATTACKS[a].uses_prior for a in options.attacks) else []
     if options.report_only:  # tabulate the finished runs under --out; train and attack nothing
-        victim, priors = (Path(victim_path) if victim_path else None), {}
+        victim = Path(victim_path) if victim_path else None
+        given = prior_paths or {}
+        priors = {
+            n: ensure_prior(options, n, given) for n in needed if n in given or options.spec.priors[n].startswith(NAMED)
+        }
     else:
         victim = ensure_victim(options, victim_path)
-        needed = options.priors if any(ATTACKS[a].uses_prior for a in options.attacks) else []
         priors = {name: ensure_prior(options, name, prior_paths or {}) for name in needed}
-    cells = table_cells(options)
+    known = victim if set(priors) == set(needed) else None  # without every identity, find the runs by name
+    cells = table_cells(options, run_keys(options, known, priors))
     levels = dict.fromkeys((c.split, c.noise) for c in cells)  # each split point and defense level once, in order
     utility = {(split, noise): victim_utility(options, victim, split, noise) for split, noise in levels}
     if not options.report_only:
@@ -572,7 +750,7 @@ def run(
                 compute_cell(options, c, victim, priors)
     rows = []
     for c in cells:
-        summary = finished_summary(options.out / c.name)
+        summary = finished_summary(cell_folder(options, c))
         if summary is None:
             continue  # --report_only: a run that never finished
         rows.append(
@@ -591,13 +769,19 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--setting",
+        choices=list(SETTINGS),
+        default="cifar10",
+        help="cifar10 (ResNet-18, 32 px), faces (LFW ResNet-18, 64 px) or vit (CIFAR-10 ViT); default cifar10",
+    )
     parser.add_argument("--quick", action="store_true", help="a few minutes: tiny budgets, two split points")
     parser.add_argument("--targets", type=int)
     parser.add_argument("--steps", type=int, help="optimisation steps per target (every attack)")
     parser.add_argument("--n_init", type=int, help="latent candidates scored per target (PFO, GLASS)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS)
+    parser.add_argument("--splits", nargs="+", help="split points of the setting (default: its usual ones)")
     parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS))
-    parser.add_argument("--priors", nargs="+", choices=list(PRIOR_CONFIGS))
+    parser.add_argument("--priors", nargs="+", help="prior names of the setting (default: all of them)")
     parser.add_argument(
         "--noise", type=float, help="std of the Gaussian-noise defense (default 0.1; 0: no defense rows)"
     )
@@ -613,7 +797,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="reuse a prior, e.g. cifar10=logs/gan_cifar10/generator.pt",
+        help="reuse a prior: a file (cifar10=logs/gan_cifar10/generator.pt) or a pretrained prior's name "
+        "(digiface=digiface-dcgan64)",
     )
     parser.add_argument(
         "--lpips_weights", help="AlexNet weights for LPIPS (e.g. ../shared/weights/alexnet_features.pth)"
@@ -639,7 +824,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=Path("bench_cache"))
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parser.parse_args(argv)
-    options = Options(**(QUICK if args.quick else {}))
+    options = Options.for_setting(args.setting, quick=args.quick)
+    spec = options.spec
+    for name, given, known in (("--splits", args.splits, spec.split_points), ("--priors", args.priors, spec.priors)):
+        unknown = sorted(set(given or []) - set(known))
+        if unknown:
+            parser.error(f"{name} {' '.join(unknown)}: not in the {spec.name} setting; choose from {', '.join(known)}")
     keys = (
         "targets",
         "steps",
@@ -661,13 +851,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     rows = run(options, args.victim, given, jobs=args.jobs)
     table = markdown_table(rows)
-    (options.out / "table.md").write_text(table + "\n")
-    (options.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    figures = [reconstruction_figure(rows, s, options.out / f"reconstructions_{s}.png") for s in options.splits]
-    plot = psnr_plot(rows, options.out / "psnr_vs_split.png")
+    prefix = "" if options.setting == "cifar10" else f"{options.setting}_"
+    (options.out / f"{prefix}table.md").write_text(table + "\n")
+    (options.out / f"{prefix}results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    figures = [
+        reconstruction_figure(rows, s, options.out / f"{prefix}reconstructions_{s}.png", data=options.data)
+        for s in options.splits
+    ]
+    plot = psnr_plot(rows, options.out / f"{prefix}psnr_vs_split.png", spec.split_points)
     print("\n" + table + "\n")
     print(f"command: python bench/benchmark.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-    written = [options.out / "table.md", options.out / "results.json", *filter(None, figures), plot]
+    written = [options.out / f"{prefix}table.md", options.out / f"{prefix}results.json", *filter(None, figures), plot]
     print("written: " + ", ".join(str(w) for w in written if w))
 
 
