@@ -28,7 +28,8 @@ class Normalize(nn.Module):
 
 
 class SplitModel(nn.Module):
-    """Base of split classifiers. Subclasses build ``net`` and list its stages in execution order.
+    """Base of split classifiers. Subclasses build ``net`` and list its stages in execution order (or override
+    ``_halves`` and ``_resolve_split_point`` to cut it another way, as ``GraphSplitModel`` does).
 
     Inputs are images in [0, 1] at ``input_size``; the head normalises them first, so an attacker (or a client)
     feeds raw images. ``config`` records the constructor arguments so a victim file can rebuild the model.
@@ -65,20 +66,30 @@ class SplitModel(nn.Module):
         return self._split_point
 
     def _cut(self, split_point: str) -> None:
+        split_point = self._resolve_split_point(split_point)
+        head, tail = self._halves(split_point)
+        # Plain attributes (not registered submodules): the modules already live in ``net``.
+        self.__dict__["head"] = nn.Sequential(OrderedDict([("normalize", self.normalize), *head]))
+        self.__dict__["tail"] = nn.Sequential(OrderedDict(tail))
+        self._split_point = split_point
+        if self.config:
+            self.config["init_args"]["split_point"] = split_point
+
+    def _resolve_split_point(self, split_point: str) -> str:
+        """The name ``split_point`` is recorded under; refuses an unknown one, listing the valid ones."""
         if split_point not in self._split_points:
             raise ValueError(
                 f"unknown split point {split_point!r} for {type(self).__name__}; "
                 f"valid split points: {', '.join(self._split_points)}"
             )
+        return split_point
+
+    def _halves(self, split_point: str) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+        """The head's modules (after the normalisation) and the tail's, each as ``(name, module)`` in order."""
         cut = [name for name, _ in self._stages].index(split_point) + 1
         # nn.Sequential refuses dotted names such as ``blocks.3``; these names never reach the state dict.
         stages = [(name.replace(".", "_"), module) for name, module in self._stages]
-        # Plain attributes (not registered submodules): the modules already live in ``net``.
-        self.__dict__["head"] = nn.Sequential(OrderedDict([("normalize", self.normalize), *stages[:cut]]))
-        self.__dict__["tail"] = nn.Sequential(OrderedDict(stages[cut:]))
-        self._split_point = split_point
-        if self.config:
-            self.config["init_args"]["split_point"] = split_point
+        return stages[:cut], stages[cut:]
 
     def with_split(self, split_point: str) -> SplitModel:
         """Re-split the same weights at another point (in place) and return self."""
@@ -101,6 +112,11 @@ class SplitModel(nn.Module):
                 f"got {tuple(x.shape)}; set the data module's `resolution` to {self.input_size} "
                 f"(or build the model with input_size={x.shape[-1]})"
             )
+
+    def export_config(self) -> dict[str, Any]:
+        """The class path and constructor arguments a victim file rebuilds this model from (its weights travel
+        beside them)."""
+        return self.config
 
     def _record_config(self, **init_args: Any) -> None:
         cls = type(self)

@@ -15,7 +15,7 @@ def save_victim(model: SplitModel, path: str | os.PathLike, **meta: Any) -> Path
     return save_artifact(
         path,
         "victim",
-        model.config,
+        model.export_config(),
         {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         input_size=model.input_size,
         num_classes=model.num_classes,
