@@ -25,6 +25,7 @@ from pfo.attacks import (
     TopKPruning,
     accuracy_under_defense,
 )
+from pfo.attacks.defenses import DEFENSE_SEED_OFFSET, defense_generators
 from pfo.attacks.targets import ShardedBatches, target_generators
 from pfo.data import SyntheticImages
 from pfo.metrics import psnr
@@ -365,9 +366,56 @@ def test_victim_and_generator_stay_frozen_during_an_attack_run(tmp_path):
 # ----- what the attacker reads ----------------------------------------------------------------------------------
 
 
-def test_the_attack_reads_a_targets_image_only_to_score_it(tmp_path):
+def random_decoder(folder, victim) -> str:
+    """A decoder file for the inverse network at ``victim``'s split point (random weights: enough to run it)."""
+    from pfo.attacks.inverse_network import save_decoder, victim_digest
+    from pfo.models.decoder import FeatureDecoder
+
+    torch.manual_seed(3)
+    with torch.no_grad():
+        probe = victim.forward_head(torch.zeros(1, 3, RES, RES))
+    decoder = FeatureDecoder.for_features(probe, RES, width=8).eval()
+    path = save_decoder(
+        decoder,
+        folder / "decoder.pt",
+        split_point=victim.split_point,
+        defense="none",
+        victim_sha256=victim_digest(victim),
+    )
+    return str(path)
+
+
+def any_attack(name: str, folder):
+    """Each attack at the tiny size, with a few steps."""
+    from pfo.attacks import GLASS, LM, RMLE, InverseNetwork
+
+    if name == "pfo":
+        return make_attack()
+    if name == "glass":
+        return GLASS(
+            tiny_victim(),
+            tiny_generator(),
+            n_init=4,
+            init_chunk=4,
+            candidates=2,
+            short_steps=2,
+            steps=4,
+            progress=False,
+        )
+    if name == "rmle":
+        return RMLE(tiny_victim(), steps=4, progress=False)
+    if name == "lm":
+        return LM(tiny_victim(), steps=4, width=8, noise_channels=4, progress=False)
+    return InverseNetwork(tiny_victim(), decoder=random_decoder(folder, tiny_victim()))
+
+
+@pytest.mark.parametrize("name", ["pfo", "glass", "rmle", "lm", "in"])
+def test_the_attack_reads_a_targets_image_only_to_score_it(tmp_path, name):
+    """Two attacks built alike: one gets the real images, the other the same features with every image replaced by
+    NaN (a fresh object, so nothing of the first run, such as the originals kept for the figure, is shared). If an
+    image reached the reconstruction, NaN would spread into it."""
     targets = [1, 6]
-    attack = make_attack()
+    attack = any_attack(name, tmp_path)
     received = []
     reconstruct = attack.reconstruct
 
@@ -381,12 +429,11 @@ def test_the_attack_reads_a_targets_image_only_to_score_it(tmp_path):
     h = attack.victim.forward_head(real["image"])
     assert torch.equal(received[0][0], h) and received[0][1].tolist() == targets
 
-    # The same features, but the images replaced by NaN: if an image reached the optimisation, NaN would spread.
     poisoned = batch_of(targets, image=torch.full_like(real["image"], math.nan), features=h)
-    without = run_steps(attack, [poisoned], tmp_path / "poisoned")
+    without = run_steps(any_attack(name, tmp_path), [poisoned], tmp_path / "poisoned")
     for i in targets:
         assert torch.equal(with_images[i]["reconstruction"], without[i]["reconstruction"])
-        assert without[i]["status"] == "ok"
+        assert without[i]["status"] == "ok" and torch.isfinite(without[i]["reconstruction"]).all()
         assert math.isfinite(with_images[i]["metrics"]["psnr"])
         assert math.isnan(without[i]["metrics"]["psnr"])  # the score alone read the (poisoned) image
         assert with_images[i]["metrics"]["feature_distance"] == without[i]["metrics"]["feature_distance"]
@@ -412,8 +459,10 @@ def test_a_target_with_nan_features_fails_alone(tmp_path):
 
 
 def noise_of(defense, indices: list[int], shape=(4000,), seed: int = 0) -> torch.Tensor:
+    """What ``defense`` adds to zero features of targets ``indices``, drawn from the stream an attack run with
+    ``seed`` draws the client's defense from."""
     h = torch.zeros(len(indices), *shape)
-    return defense(h, target_generators(seed, torch.tensor(indices)))
+    return defense(h, defense_generators(seed, torch.tensor(indices)))
 
 
 def test_gaussian_and_laplace_noise_have_the_specified_statistics():
@@ -427,13 +476,13 @@ def test_gaussian_and_laplace_noise_have_the_specified_statistics():
     assert float(laplace.abs().mean()) == pytest.approx(0.5, rel=0.02)  # E|X| = b: Laplace, not Gaussian
     # Noise adds to the features.
     h = torch.randn(2, 100)
-    g = target_generators(0, torch.tensor([3, 4]))
+    g = defense_generators(0, torch.tensor([3, 4]))
     torch.testing.assert_close(GaussianNoise(0.5)(h, g) - h, noise_of(GaussianNoise(0.5), [3, 4], shape=(100,)))
 
 
 def test_dropout_zeroes_the_given_fraction_without_rescaling():
     h = torch.ones(10, 4000)
-    out = Dropout(rate=0.3)(h, target_generators(0, torch.arange(10)))
+    out = Dropout(rate=0.3)(h, defense_generators(0, torch.arange(10)))
     assert float((out == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
     assert set(out.unique().tolist()) == {0.0, 1.0}
 
@@ -470,11 +519,16 @@ def test_topk_pruning_keeps_the_largest_fraction():
 )
 def test_random_defenses_are_seeded_per_target(defense):
     h = torch.randn(1, 300).expand(3, 300)
-    first = defense(h, target_generators(0, torch.tensor([5, 8, 9])))
-    second = defense(h[:2], target_generators(0, torch.tensor([9, 5])))
+    first = defense(h, defense_generators(0, torch.tensor([5, 8, 9])))
+    second = defense(h[:2], defense_generators(0, torch.tensor([9, 5])))
     assert torch.equal(first[0], second[1]) and torch.equal(first[2], second[0])
     assert not torch.equal(first[0], first[1])  # another target, other noise
-    assert not torch.equal(first[0], defense(h[:1], target_generators(1, torch.tensor([5])))[0])  # another run seed
+    assert not torch.equal(first[0], defense(h[:1], defense_generators(1, torch.tensor([5])))[0])  # another run seed
+    # The defense's stream is the target's stream offset by a constant, never the attack's own draws (initial
+    # latents, pixels, networks) for the same target.
+    offset = defense(h[:1], target_generators(DEFENSE_SEED_OFFSET, torch.tensor([5])))
+    assert torch.equal(first[0], offset[0])
+    assert not torch.equal(first[0], defense(h[:1], target_generators(0, torch.tensor([5])))[0])
 
 
 def test_the_attacker_sees_only_defended_features(tmp_path):
@@ -493,6 +547,9 @@ def test_the_attacker_sees_only_defended_features(tmp_path):
     clean = defended.victim.forward_head(batch["image"])
     assert not torch.allclose(received[0], clean, atol=0.05)
     assert float((received[0] - clean).std()) == pytest.approx(0.3, rel=0.1)
+    # The noise is drawn from the defense's per-target stream of the run seed: exactly this draw, nothing else.
+    expected = GaussianNoise(scale=0.3)(clean, defense_generators(defended.seed, batch["index"]))
+    assert torch.equal(received[0], expected)
     # Seeded per target: the same target at another position in another batch of the same size gets the same noise.
     again = defended.client_features(*images_of([9, 4])[:2])
     assert torch.equal(again[0], received[0][1])
@@ -500,8 +557,14 @@ def test_the_attacker_sees_only_defended_features(tmp_path):
     plain = run_steps(make_attack(), [batch], tmp_path / "plain")
     for i in targets:
         assert not torch.equal(records[i]["reconstruction"], plain[i]["reconstruction"])
-    # The defended run is scored against what the client really sent.
-    assert records[0]["metrics"]["feature_distance"] != plain[0]["metrics"]["feature_distance"]
+    # The defended run is scored against what the client really sent (the defended features), not the clean ones.
+    for row, i in enumerate(targets):
+        recon = records[i]["reconstruction"][None]
+        h_recon = defended.victim.forward_head(recon)
+        sent = (h_recon - received[0][row : row + 1]).pow(2).mean().item()
+        clean_distance = (h_recon - clean[row : row + 1]).pow(2).mean().item()
+        assert records[i]["metrics"]["feature_distance"] == pytest.approx(sent, rel=1e-5)
+        assert abs(sent - clean_distance) > 0.1 * sent  # the two differ enough for the check above to tell
 
 
 def test_accuracy_under_defense_scores_the_features_the_attacker_sees():
