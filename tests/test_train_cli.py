@@ -3,6 +3,7 @@ one or two epochs of two batches, every output under ``tmp_path``."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 import train
 from pfo.artifacts import ArtifactError
+from pfo.data import SyntheticImages
 from pfo.models import load_victim
 from pfo.victim import VictimClassifier
 
@@ -130,20 +132,30 @@ def test_fit_writes_a_complete_run_folder_and_resumes(isolated, config_file, cou
     assert resumed.trainer.global_step == 4 and resumed.trainer.current_epoch == 2
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
 
-    # validate and test subcommands, from the checkpoint
+    # validate and test subcommands, from the checkpoint: the accuracy of the checkpoint's weights on the test split,
+    # recomputed here from the weights in the file and the data set's own images and labels
+    net = copy.deepcopy(cli.model.net).eval()
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    net.load_state_dict({k[len("net.") :]: v for k, v in weights.items() if k.startswith("net.")})
+    test = SyntheticImages(resolution=16, num_classes=4, sizes={"private": 16, "public": 0, "test": 8}).dataset("test")
+    with torch.no_grad():
+        predicted = net(torch.stack([test[i]["image"] for i in range(len(test))])).argmax(1)
+    expected = float((predicted == torch.tensor([test[i]["label"] for i in range(len(test))])).float().mean())
     validated = train.cli_main(["validate", "--config", str(config_file), "--ckpt_path", str(checkpoint), *QUIET])
-    assert 0 <= float(validated.trainer.callback_metrics["val/accuracy"]) <= 1
+    assert float(validated.trainer.callback_metrics["val/accuracy"]) == pytest.approx(expected)
     tested = train.cli_main(["test", "--config", str(config_file), "--ckpt_path", str(checkpoint), *QUIET])
-    assert 0 <= float(tested.trainer.callback_metrics["test/accuracy"]) <= 1
+    assert float(tested.trainer.callback_metrics["test/accuracy"]) == pytest.approx(expected)
 
 
-def test_num_classes_mismatch_names_the_fix(isolated):
+def test_num_classes_mismatch_names_the_fix(isolated, monkeypatch):
+    monkeypatch.setenv("PFO_TRACEBACK", "1")  # the exception itself, not the command line's one-line message
     config = write_config(isolated / "bad.yaml", tiny_config(isolated, num_classes=3))
     with pytest.raises(ValueError, match="4 classes.*num_classes: 4"):
         train.cli_main(["fit", "--config", str(config), *QUIET])
 
 
-def test_resolution_mismatch_names_the_fix(isolated):
+def test_resolution_mismatch_names_the_fix(isolated, monkeypatch):
+    monkeypatch.setenv("PFO_TRACEBACK", "1")  # the exception itself, not the command line's one-line message
     config = write_config(isolated / "bad.yaml", tiny_config(isolated))
     with pytest.raises(ValueError, match="resolution: 16"):
         train.cli_main(["fit", "--config", str(config), "--data.init_args.resolution", "32", *QUIET])
