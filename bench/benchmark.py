@@ -160,6 +160,8 @@ def defense_arg(noise: float | None) -> list[str]:
 class Options:
     setting: str = "cifar10"
     targets: int = 16
+    batch_size: int = 16  # fixed, not the target count: a result is bitwise only at a fixed batch size, so a run
+    # extended to more targets keeps it (the run folder's fingerprint refuses another one)
     steps: int = 500
     n_init: int = 64
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
@@ -298,6 +300,7 @@ def run_key(options: Options, victim: Path | None, prior: Path | str | None) -> 
         "prior": identity(prior),
         "steps": options.steps,
         "n_init": options.n_init,
+        "batch_size": options.batch_size,
         "overrides": options.extra_attack_overrides,
         "data": options.spec.data,
     }
@@ -355,7 +358,7 @@ def run_attack(
         "--data.count",
         str(options.targets),
         "--data.batch_size",
-        str(options.targets),
+        str(options.batch_size),
         "--trainer.logger.init_args.save_dir",
         str(options.out),
         "--trainer.logger.init_args.name",
@@ -777,6 +780,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a few minutes: tiny budgets, two split points")
     parser.add_argument("--targets", type=int)
+    parser.add_argument("--batch_size", type=int, help="targets attacked at once (default 16; part of each run's key)")
     parser.add_argument("--steps", type=int, help="optimisation steps per target (every attack)")
     parser.add_argument("--n_init", type=int, help="latent candidates scored per target (PFO, GLASS)")
     parser.add_argument("--splits", nargs="+", help="split points of the setting (default: its usual ones)")
@@ -832,6 +836,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{name} {' '.join(unknown)}: not in the {spec.name} setting; choose from {', '.join(known)}")
     keys = (
         "targets",
+        "batch_size",
         "steps",
         "n_init",
         "splits",

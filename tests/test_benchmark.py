@@ -168,6 +168,7 @@ def test_run_keys_follow_every_setting_that_decides_a_result(tmp_path):
     changed = {
         "steps": dict(steps=7),
         "n_init": dict(n_init=5),
+        "batch_size": dict(batch_size=2),
         "overrides": dict(extra_attack_overrides=[*options.extra_attack_overrides, "--model.init_args.lr", "0.1"]),
         "setting": dict(setting="vit"),
     }
