@@ -368,7 +368,8 @@ def test_victim_and_generator_stay_frozen_during_an_attack_run(tmp_path):
 
 def random_decoder(folder, victim) -> str:
     """A decoder file for the inverse network at ``victim``'s split point (random weights: enough to run it)."""
-    from pfo.attacks.inverse_network import save_decoder, victim_digest
+    from pfo.attacks.fingerprint import module_digest
+    from pfo.attacks.inverse_network import save_decoder
     from pfo.models.decoder import FeatureDecoder
 
     torch.manual_seed(3)
@@ -380,7 +381,7 @@ def random_decoder(folder, victim) -> str:
         folder / "decoder.pt",
         split_point=victim.split_point,
         defense="none",
-        victim_sha256=victim_digest(victim),
+        victim_sha256=module_digest(victim),
     )
     return str(path)
 

@@ -9,7 +9,6 @@ victim, split point or defense."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from pfo.artifacts import ArtifactError, build_from_config, load_artifact, save_artifact
 from pfo.attacks.base import Reconstruction, ReconstructionAttack, freeze, frozen_victim
 from pfo.attacks.defenses import Defense
+from pfo.attacks.fingerprint import module_digest
 from pfo.models.decoder import FeatureDecoder
 from pfo.models.split import SplitModel
 from pfo.threat_model import allowed_exceptions, require_attacker_data
@@ -34,19 +34,6 @@ def adam(params) -> torch.optim.Optimizer:
 def describe_defense(defense: Defense | None) -> str:
     """A defense and its setting as text (``GaussianNoise(scale=0.1)``), to match decoders to attacks."""
     return "none" if defense is None else repr(defense)
-
-
-def victim_digest(victim: SplitModel) -> str:
-    """SHA-256 of the victim's weights and buffers (names, dtypes, shapes, bytes), whatever its split point: two
-    victims with the same digest cut at the same point send the same features for the same image. (The whole
-    model, not the head alone: a ViT's head stages reach the position embedding through views that own no
-    state.)"""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(victim.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class InverseNetworkTrainer(L.LightningModule):
@@ -129,7 +116,7 @@ class InverseNetworkTrainer(L.LightningModule):
                 split_point=self.victim.split_point,
                 defense=describe_defense(self.defense),
                 victim=self.victim_path,
-                victim_sha256=victim_digest(self.victim),
+                victim_sha256=module_digest(self.victim),
                 splits_seen=self._splits_seen,
                 threat_model_exceptions=allowed_exceptions(self),
             )
@@ -178,7 +165,7 @@ class InverseNetwork(ReconstructionAttack):
                 "attack cannot check it; retrain the decoder to have it checked",
                 stacklevel=2,
             )
-        elif recorded != victim_digest(self.victim):
+        elif recorded != module_digest(self.victim):
             raise ArtifactError(
                 f"the decoder in {decoder} was trained on the features of another victim (victim file "
                 f"{meta.get('victim')!r}); train a decoder for this victim (`model.init_args.victim` of the "
