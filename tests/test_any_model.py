@@ -25,7 +25,7 @@ from test_split_models import randomize_batch_norm
 from torch import nn
 
 from pfo.attacks import GLASS, LM, PFO, RMLE, InverseNetwork, Targets
-from pfo.attacks.inverse_network import InverseNetworkTrainer, save_decoder, victim_digest
+from pfo.attacks.inverse_network import InverseNetworkTrainer
 from pfo.data import SyntheticImages
 from pfo.metrics import psnr
 from pfo.models import Head, TimmModel, TorchvisionModel, load_victim, save_victim
@@ -354,24 +354,33 @@ def test_every_optimisation_attack_lowers_the_feature_loss_of_a_plain_head(name)
         assert (psnr(end.images, images) > psnr(start.images, images) + 3).all()
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def quiet_trainer(folder: Path, **settings) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=folder,
+        **settings,
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Total length of `list` across ranks is zero")
 def test_the_inverse_network_decodes_a_plain_heads_features(tmp_path):
-    head = phone_head()
-    trainer_module = InverseNetworkTrainer(head, width=16)
-    optimizer = torch.optim.Adam(trainer_module.decoder.parameters(), lr=1e-2)
-    public = SyntheticImages(resolution=RES).dataset("public")
-    batch = {"image": torch.stack([public[i]["image"] for i in range(len(public))])}  # 64 public images
-    trainer_module.decoder.train()
-    for _ in range(60):
-        loss = trainer_module.training_step(batch, 0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    meta = {"split_point": "head", "victim_sha256": victim_digest(head)}
-    path = save_decoder(trainer_module.decoder, tmp_path / "decoder.pt", **meta)
-    result, images = attack_targets(InverseNetwork(head, decoder=str(path)))
-    untrained = save_decoder(InverseNetworkTrainer(phone_head(), width=16).decoder, tmp_path / "fresh.pt", **meta)
-    baseline, _ = attack_targets(InverseNetwork(phone_head(), decoder=str(untrained)))
+    """The decoder learns from the 64 public images (``fit`` writes its file); one trained for a single step is
+    the yardstick."""
+
+    def decoder_file(epochs: int, folder: Path) -> str:
+        public = SyntheticImages(resolution=RES, train_split="public", val_split=None, batch_size=64)
+        trainer = InverseNetworkTrainer(phone_head(), width=16, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
+        quiet_trainer(folder, max_epochs=epochs).fit(trainer, public)
+        return str(folder / "decoder.pt")
+
+    trained = InverseNetwork(phone_head(), decoder=decoder_file(60, tmp_path / "trained"))
+    untrained = InverseNetwork(phone_head(), decoder=decoder_file(1, tmp_path / "untrained"))
+    result, images = attack_targets(trained)
+    baseline, _ = attack_targets(untrained)
     assert result.images.shape == (3, 3, RES, RES)
     assert psnr(result.images, images).mean() > psnr(baseline.images, images).mean() + 5  # measured: 12 -> 18 dB
 
@@ -397,16 +406,7 @@ def assert_tail_less_metrics(folder: Path, printed: str) -> None:
 
 @pytest.mark.parametrize("name", ["pfo", "rmle"])
 def test_a_plain_head_is_attacked_through_the_python_api(name, tmp_path, capsys):
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, use_distributed_sampler=False)
     data = Targets(data=SyntheticImages(resolution=RES), split="test", count=None, indices=TARGETS, batch_size=2)
     trainer.fit(ATTACKS[name](phone_head(), 4), datamodule=data)
     assert_tail_less_metrics(tmp_path, capsys.readouterr().out)

@@ -70,8 +70,9 @@ def _is_in_place(node: fx.Node) -> bool:
 class TracedNetwork:
     """A network's eval-mode graph, the name of every node, and where it can be cut.
 
-    ``net`` is traced once; its modules lose their ``inplace`` flags first (same results), so a tail never
-    overwrites the features the client sent.
+    ``net`` is traced in eval mode, and again in training mode only to learn whether that runs the same program.
+    Its modules lose their ``inplace`` flags first (same results), so a tail never overwrites the features the
+    client sent.
     """
 
     def __init__(self, net: nn.Module, input_size: int, timm_network: bool = False, label: str = "") -> None:
@@ -81,8 +82,8 @@ class TracedNetwork:
                 module.inplace = False
         training = net.training
         try:
-            self.graph, self.names = self._trace(net.eval(), timm_network)
-            train_graph, _ = self._trace(net.train(), timm_network)
+            self.graph, self.names = self._trace(net.eval(), timm_network, self.label)
+            train_graph, _ = self._trace(net.train(), timm_network, self.label)
             # Python branches on ``self.training`` are frozen into a trace: the eval graph is right for training
             # only when the training-mode trace is the same program.
             self.same_in_training = train_graph.python_code("self").src == self.graph.python_code("self").src
@@ -94,9 +95,15 @@ class TracedNetwork:
         self._analyse(net)
 
     @staticmethod
-    def _trace(net: nn.Module, timm_network: bool) -> tuple[fx.Graph, dict[fx.Node, str]]:
+    def _trace(net: nn.Module, timm_network: bool, label: str) -> tuple[fx.Graph, dict[fx.Node, str]]:
         tracer = NodePathTracer(**tracer_arguments(timm_network))
-        graph = tracer.trace(net)
+        try:
+            graph = tracer.trace(net)
+        except Exception as error:  # data-dependent control flow, untraceable calls
+            raise ValueError(
+                f"torch.fx cannot trace {label}, so it cannot be cut by node name ({type(error).__name__}: "
+                f"{error}); wrap the part the client runs as pfo.models.Head instead"
+            ) from error
         for node in graph.nodes:  # functional in-place flags (``F.relu(x, inplace=True)``)
             if node.kwargs.get("inplace") is True:
                 node.kwargs = {**node.kwargs, "inplace": False}
@@ -129,7 +136,7 @@ class TracedNetwork:
         # A module's name stands for its last node, as in create_feature_extractor.
         self.last_of: dict[str, fx.Node] = {}
         for node in nodes:
-            parts = self.names.get(node, "").split(".")
+            parts = self.names[node].split(".") if node in self.names else []
             for depth in range(1, len(parts) + 1):
                 self.last_of[".".join(parts[:depth])] = node
         modules = dict(net.named_modules())
@@ -298,7 +305,7 @@ class GraphSplitModel(SplitModel):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        super().__setstate__(state)
         self._traced = TracedNetwork(self.net, *self._trace_args)
         self._cut(self._split_point)
 
