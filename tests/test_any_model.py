@@ -30,7 +30,7 @@ from pfo.data import SyntheticImages
 from pfo.metrics import psnr
 from pfo.models import Head, TimmModel, TorchvisionModel, load_victim, save_victim
 from pfo.models.generator_file import save_generator
-from pfo.models.graph_split import tracer_arguments
+from pfo.models.graph_split import TracedNetwork, tracer_arguments
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:LPIPS will be reported as missing"),
@@ -213,6 +213,15 @@ def test_a_network_whose_training_code_differs_runs_in_eval_mode_only():
         assert torch.equal(dropping.eval()(x), dropping.net(dropping.normalize(x)))
     with pytest.raises(RuntimeError, match="drop_path_rate: 0"):
         dropping.train()(x)
+
+
+def test_a_network_torch_fx_cannot_trace_is_refused_naming_the_way_in():
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.sum() > 0 else -x  # control flow on a value: no static graph
+
+    with pytest.raises(ValueError, match=r"torch.fx cannot trace Branchy.*pfo.models.Head instead"):
+        TracedNetwork(Branchy(), input_size=8)
 
 
 # ----- victim files -------------------------------------------------------------------------------------------
@@ -484,3 +493,35 @@ def test_a_torchvision_network_trains_with_train_py_and_exports_a_victim_file(is
     with torch.no_grad():
         assert torch.equal(victim(x), cli.model.net.eval()(x))
         assert torch.equal(victim.with_split("layer2.0.add")(x), victim.net(victim.normalize(x)))
+
+
+def test_a_library_network_given_inline_is_one_attack_config(tmp_path):
+    """``victim: {class_path: pfo.models.TorchvisionModel, init_args: {...}}``: no victim file; the network has its
+    tail, so ``top1`` is scored."""
+    victim = {
+        "class_path": "pfo.models.TorchvisionModel",
+        "init_args": {"name": "mobilenet_v3_small", "split_point": "features.3", "num_classes": 4, "input_size": RES},
+    }
+    config = {
+        "model": {"class_path": "pfo.attacks.RMLE", "init_args": {"victim": victim, "steps": 3, "progress": False}},
+        "data": {
+            "data": {"class_path": "pfo.data.SyntheticImages", "init_args": {"resolution": RES}},
+            "split": "test",
+            "count": None,
+            "indices": TARGETS,
+            "batch_size": 3,
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "logs"), "name": "inline", "version": ""},
+            },
+        },
+    }
+    folder = run_cli(write_config(tmp_path, config))
+    _, rows = read_metrics(folder)
+    assert [int(r["index"]) for r in rows] == TARGETS
+    assert all(r["top1"] in ("0.0", "1.0") and float(r["psnr"]) > 0 for r in rows)
