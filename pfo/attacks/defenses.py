@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from pfo.attacks.options import check_count, check_number
 from pfo.attacks.targets import target_generators
 
 # Offsets the run seed for the defense's draws, so they never coincide with the attack's own per-target draws.
@@ -51,8 +52,7 @@ class AdditiveNoise(Defense):
                 standard deviation is b * sqrt(2)).
         """
         super().__init__()
-        if scale < 0:
-            raise ValueError(f"noise scale must be >= 0, got {scale}")
+        check_number("scale", scale)
         self.scale = scale
 
     def extra_repr(self) -> str:
@@ -90,8 +90,7 @@ class Dropout(Defense):
             rate: probability that a feature is dropped.
         """
         super().__init__()
-        if not 0 <= rate < 1:
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        check_number("rate", rate, below=1)
         self.rate = rate
 
     def extra_repr(self) -> str:
@@ -112,8 +111,9 @@ class Quantization(Defense):
             bits: bits per feature (2**bits levels).
         """
         super().__init__()
-        if not 1 <= bits <= 16:
-            raise ValueError(f"bits must be in 1..16, got {bits}")
+        check_count("bits", bits, 1)
+        if bits > 16:
+            raise ValueError(f"`bits` {bits!r} must be at most 16")
         self.bits = bits
 
     def extra_repr(self) -> str:
@@ -135,8 +135,9 @@ class TopKPruning(Defense):
             keep: fraction of features kept, in (0, 1].
         """
         super().__init__()
-        if not 0 < keep <= 1:
-            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        check_number("keep", keep, positive=True)
+        if keep > 1:
+            raise ValueError(f"`keep` {keep!r} must be a fraction in (0, 1]")
         self.keep = keep
 
     def extra_repr(self) -> str:

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from pfo.attacks.base import Reconstruction
 from pfo.attacks.optimization import OptimizationAttack
+from pfo.attacks.options import check_count, check_number
 from pfo.attacks.targets import target_generators
+from pfo.models.split import SplitModel
 
 
 class PerTargetConvNets:
@@ -86,7 +88,7 @@ class LM(OptimizationAttack):
 
     def __init__(
         self,
-        victim,
+        victim: str | SplitModel,
         *,
         steps: int = 500,
         lr: float = 0.01,
@@ -98,6 +100,7 @@ class LM(OptimizationAttack):
     ) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a SplitModel.
             steps: optimisation steps per target.
             lr: Adam learning rate on the network weights.
             width: channels of each per-target network.
@@ -106,9 +109,18 @@ class LM(OptimizationAttack):
             norm: normalise each hidden channel over its pixels, with a learnt per-target scale and shift (the
                 deep image prior's batch norm at batch size 1); without it most images collapse at `layer2`.
         """
+        check_count("steps", steps, 0)
+        check_number("lr", lr, positive=True)
+        check_count("width", width, 1)
+        check_count("noise_channels", noise_channels, 1)
+        check_count("upsamples", upsamples, 0)
         super().__init__(victim, **kwargs)
-        if self.victim.input_size % 2**upsamples:
-            raise ValueError(f"input size {self.victim.input_size} is not divisible by 2**upsamples={2**upsamples}")
+        size = self.victim.input_size
+        if size % 2**upsamples:
+            raise ValueError(
+                f"`upsamples` {upsamples} needs the victim's input size ({size} px) to be divisible by "
+                f"2**upsamples = {2**upsamples}; lower `upsamples`"
+            )
 
     def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
         hp = self.hparams

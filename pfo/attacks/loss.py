@@ -11,9 +11,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from pfo.attacks.options import check_choice, check_number
 from pfo.models.split import SplitModel
 
 FeatureDistance = Literal["mse", "cosine", "l1"]
+DISTANCES = ("mse", "cosine", "l1")
 
 
 def feature_distance(h: torch.Tensor, h_star: torch.Tensor, kind: FeatureDistance = "mse") -> torch.Tensor:
@@ -53,8 +55,9 @@ class AttackLoss(torch.nn.Module):
 
     def __init__(self, distance: FeatureDistance = "mse", tv_weight: float = 0.0, l2_weight: float = 0.0) -> None:
         super().__init__()
-        if distance not in ("mse", "cosine", "l1"):
-            raise ValueError(f"unknown feature distance {distance!r}; choose mse, cosine or l1")
+        check_choice("distance", distance, DISTANCES)
+        check_number("tv_weight", tv_weight)
+        check_number("l2_weight", l2_weight)
         self.distance, self.tv_weight, self.l2_weight = distance, tv_weight, l2_weight
 
     def forward(self, x: torch.Tensor, victim: SplitModel, h_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pfo.attacks.base import ReconstructionAttack
-from pfo.attacks.loss import AttackLoss, to_victim_input
+from pfo.attacks.loss import DISTANCES, AttackLoss, to_victim_input
+from pfo.attacks.options import check_choice, check_number
+from pfo.models.split import SplitModel
 
 
 def per_stage(value: float | Sequence[float] | None, stage: int, name: str) -> float | None:
@@ -25,6 +27,17 @@ def per_stage(value: float | Sequence[float] | None, stage: int, name: str) -> f
     if stage >= len(value):
         raise ValueError(f"`{name}` lists {len(value)} values but stage {stage} needs one (one entry per stage)")
     return value[stage]
+
+
+def check_optimization_options(distance: str, tv_weight: float, l2_weight: float, betas: Sequence[float]) -> None:
+    """The options every optimisation attack shares, checked before its victim and prior are loaded."""
+    check_choice("distance", distance, DISTANCES)
+    check_number("tv_weight", tv_weight)
+    check_number("l2_weight", l2_weight)
+    if isinstance(betas, str) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise ValueError(f"`betas` {betas!r} must be two numbers in [0, 1) (Adam's beta1 and beta2)")
+    for beta in betas:
+        check_number("betas", beta, below=1)
 
 
 class OptimizationAttack(ReconstructionAttack):
@@ -38,7 +51,7 @@ class OptimizationAttack(ReconstructionAttack):
 
     def __init__(
         self,
-        victim,
+        victim: str | SplitModel,
         *,
         distance: Literal["mse", "cosine", "l1"] = "mse",
         tv_weight: float = 0.0,
@@ -49,12 +62,14 @@ class OptimizationAttack(ReconstructionAttack):
     ) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a SplitModel.
             distance: feature distance D (mse, cosine or l1).
             tv_weight: weight of the total-variation prior on the image.
             l2_weight: weight of the image's mean square.
             betas: Adam's betas (a fresh Adam per stage).
             progress: show a progress bar of the optimisation steps.
         """
+        check_optimization_options(distance, tv_weight, l2_weight, betas)
         super().__init__(victim, **kwargs)
         self.loss_fn = AttackLoss(distance, tv_weight, l2_weight)
         self._curve_step = 0

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from pfo.attacks.base import Reconstruction
 from pfo.attacks.optimization import OptimizationAttack
+from pfo.attacks.options import check_choice, check_count, check_number
 from pfo.attacks.targets import target_generators
+from pfo.models.split import SplitModel
+
+INITS = ("uniform", "gray")
 
 
 class RMLE(OptimizationAttack):
@@ -16,23 +22,25 @@ class RMLE(OptimizationAttack):
 
     def __init__(
         self,
-        victim,
+        victim: str | SplitModel,
         *,
         steps: int = 500,
         lr: float = 0.05,
-        init: str = "uniform",
+        init: Literal["uniform", "gray"] = "uniform",
         tv_weight: float = 0.01,
         **kwargs,
     ) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a SplitModel.
             steps: optimisation steps per target.
             lr: Adam learning rate on pixel values.
             init: ``uniform`` (per-target seeded noise in [0, 1]) or ``gray`` (all 0.5).
             tv_weight: weight of the total-variation prior.
         """
-        if init not in ("uniform", "gray"):
-            raise ValueError(f"init must be 'uniform' or 'gray', got {init!r}")
+        check_count("steps", steps, 0)
+        check_number("lr", lr, positive=True)
+        check_choice("init", init, INITS)
         super().__init__(victim, tv_weight=tv_weight, **kwargs)
 
     def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
