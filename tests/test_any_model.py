@@ -525,3 +525,19 @@ def test_a_library_network_given_inline_is_one_attack_config(tmp_path):
     _, rows = read_metrics(folder)
     assert [int(r["index"]) for r in rows] == TARGETS
     assert all(r["top1"] in ("0.0", "1.0") and float(r["psnr"]) > 0 for r in rows)
+
+
+def test_a_head_given_inline_in_yaml_keeps_its_class_path(tmp_path, plain_argv):
+    """jsonargparse hands ``module`` over as the dict it reads (it would otherwise build the module and lose its
+    constructor arguments), so an inline head can still be written to a victim file."""
+    from pfo.attacks.cli import AttackCLI
+
+    victim = {"class_path": "pfo.models.Head", "init_args": {"module": HEAD_SPEC, "input_size": RES}}
+    config = {
+        "model": {"class_path": "pfo.attacks.RMLE", "init_args": {"victim": victim, "steps": 1}},
+        "data": {"data": {"class_path": "pfo.data.SyntheticImages", "init_args": {"resolution": RES}}},
+        "trainer": {"accelerator": "cpu", "default_root_dir": str(tmp_path)},
+    }
+    head = AttackCLI(args=["--config", str(write_config(tmp_path, config))], run=False).model.victim
+    assert isinstance(head, Head) and isinstance(head.net["head"], PhoneHead)
+    assert load_victim(save_victim(head, tmp_path / "victim.pt")).config["init_args"]["module"] == HEAD_SPEC
