@@ -165,7 +165,9 @@ class VictimClassifier(L.LightningModule):
     def export(self, path: str | Path) -> Path:
         """Write the victim file (architecture, weights, normalisation, resolution, classes, accuracy)."""
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        meta = {"classes": list(getattr(data, "classes", []) or [])}
+        meta = {"classes": list(getattr(data, "classes", []) or [])}  # the label space attacks score top-1 in
+        if data is not None:
+            meta["dataset"] = type(data).__name__
         accuracy = self.trainer.callback_metrics.get("val/accuracy") if self._trainer is not None else None
         if accuracy is not None:
             meta["val_accuracy"] = float(accuracy)
