@@ -33,6 +33,11 @@ MADE_BY = {
     "generator": ("`python train.py fit --config configs/gan_*.yaml`", "generator.pt", "The three stages"),
     "decoder": ("`python train.py fit --config configs/in_*.yaml`", "decoder.pt", "Baselines, defenses, benchmark"),
     "features": ("`pfo.attacks.save_features`", "features.pt", "Baselines, defenses, benchmark"),
+    "encoder": (
+        "`python train.py fit --config configs/encoder_*.yaml`",
+        "encoder.pt",
+        "Baselines, defenses, benchmark",
+    ),
 }
 
 

@@ -284,7 +284,7 @@ def test_the_shipped_configs_obey_the_threat_model(path):
     system = model["class_path"].rsplit(".", 1)[-1]
     init = model.get("init_args", {})
     assert not {ALLOW_NONPUBLIC_TRAINING, ALLOW_NONPRIVATE_TRAINING} & set(init), "a shipped config breaks a rule"
-    if system in ("GANSystem", "InverseNetworkTrainer"):
+    if system in ("GANSystem", "InverseNetworkTrainer", "LatentEncoderTrainer"):
         require_attacker_data(system, effective_data(config), ("train", "val"), allow=False)
     elif system == "VictimClassifier":
         require_victim_data(effective_data(config), allow=False)

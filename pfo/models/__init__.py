@@ -4,6 +4,7 @@ from pfo.models.dcgan import DCGANGenerator
 from pfo.models.generator_file import load_discriminator_from_file, load_generator, load_prior, save_generator
 from pfo.models.graph_split import TimmModel, TorchvisionModel
 from pfo.models.head import Head
+from pfo.models.latent_encoder import LatentEncoder
 from pfo.models.named_priors import NAMED_PRIORS, load_named_prior, named_prior_path
 from pfo.models.prior import DCGANPrior, Prior, StyleGAN2Prior, as_prior
 from pfo.models.resnet import ResNet
@@ -18,3 +19,4 @@ __all__ += ["save_generator"]
 __all__ += ["NAMED_PRIORS", "DCGANGenerator", "DCGANPrior", "Prior", "StyleGAN2Prior", "as_prior", "load_named_prior"]
 __all__ += ["named_prior_path"]
 __all__ += ["Head", "TimmModel", "TorchvisionModel"]
+__all__ += ["LatentEncoder"]

@@ -1,0 +1,242 @@
+"""PFO beyond the paper (issue 16): three extensions of :class:`~pfo.attacks.pfo.PFO`, each an option that is off by
+default, so that ``PFOExtended`` with its defaults computes bitwise what the paper's PFO computes.
+
+1. ``pixel_stage``: after the last block stage, optimise the output image itself (the victim's input, [0, 1] at its
+   resolution) inside an l1 ball of ``pixel_radius`` around the best image the generator gave, per sample. Where
+   the features are nearly invertible (shallow splits) this lets PFO do what pixel optimisation (rMLE) does, from
+   the prior's image instead of noise. Its steps are the last entry of ``steps``, so the per-target budget stays
+   ``sum(steps)``; its image is one more stage, and the answer is still the stage with the lowest feature loss.
+2. ``radius_rule``: radii that fit the split point. ``{split point: radius}`` or ``{split point: {option:
+   value}}`` over ``feature_radius``, ``image_radius`` and ``pixel_radius``: at a split point the rule names, its
+   values replace those options (a feature radius may list one value per feature stage, as the option does).
+   ``bench/calibrate_radius.py`` chooses them on the public split (``pfo.attacks.radius_calibration``).
+3. ``init``: where stage 0 starts. ``random`` (the paper): the best of ``n_init`` latents drawn per target;
+   ``encoder``: the latent a trained :class:`~pfo.models.latent_encoder.LatentEncoder` reads from the target's
+   features (one forward pass); ``both``: the encoder's latent joins the random candidates and the best explains
+   the features. ``encoder`` names the file ``train.py fit --config configs/encoder_*.yaml`` writes; an encoder
+   made for another victim, split point, defense or prior is refused.
+
+Every extension keeps PFO's per-sample independence: the encoder reads one target's features at a time (eval
+mode), the pixel ball and the stage choice are per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+
+from pfo.attacks.base import Reconstruction, freeze
+from pfo.attacks.encoder_trainer import check_encoder, load_encoder
+from pfo.attacks.inverse_network import describe_defense
+from pfo.attacks.optimization import per_stage
+from pfo.attacks.options import is_number
+from pfo.attacks.pfo import PFO, check_choice, check_number, check_per_stage, inf_if_not_finite
+
+INIT_MODES = ("random", "encoder", "both")
+RULE_OPTIONS = ("feature_radius", "image_radius", "pixel_radius")
+
+RadiusValue = float | list[float] | None
+RadiusRule = dict[str, float | list[float] | dict[str, RadiusValue]]
+
+
+def normalise_rule(rule: Mapping | None, feature_stages: int) -> dict[str, dict[str, RadiusValue]]:
+    """``radius_rule`` as ``{split point: {option: value}}`` (a bare value is a ``feature_radius``), every value
+    checked as its option is. Raises ``ValueError`` quoting the entry as typed."""
+    if rule is None:
+        return {}
+    if not isinstance(rule, Mapping) or not rule:
+        raise ValueError(
+            f"`radius_rule` {rule!r} must map split points to radii (`{{layer2: 0.05}}` or "
+            "`{layer2: {feature_radius: 0.05, pixel_radius: 0.02}}`), or be null"
+        )
+    what = f"feature stages after stage 0 ({feature_stages} block stages follow it)"
+    rules: dict[str, dict[str, RadiusValue]] = {}
+    for split, entry in rule.items():
+        entry = dict(entry) if isinstance(entry, Mapping) else {"feature_radius": entry}
+        unknown = sorted(set(entry) - set(RULE_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"`radius_rule.{split}` names {', '.join(unknown)}; a rule sets only {', '.join(RULE_OPTIONS)}"
+            )
+        for option, value in entry.items():
+            name = f"radius_rule.{split}.{option}"
+            if value is None:
+                continue
+            if option == "pixel_radius":
+                check_number(name, value)
+            else:
+                check_per_stage(name, value, feature_stages, what)
+        rules[str(split)] = entry
+    return rules
+
+
+class PFOExtended(PFO):
+    """PFO with a final pixel stage, radii by split point and a learned start (see the module docstring); with
+    every option at its default, the paper's PFO."""
+
+    def __init__(
+        self,
+        victim,
+        generator,
+        *,
+        steps: list[int] = (200, 100, 100, 100),
+        lr: float | list[float] = 0.05,
+        pixel_stage: bool = False,
+        pixel_radius: float | None = 0.05,
+        radius_rule: RadiusRule | None = None,
+        init: Literal["random", "encoder", "both"] = "random",
+        encoder: str | None = None,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            steps: optimisation steps per stage, as PFO's; with ``pixel_stage`` the LAST entry is the pixel
+                stage's, so the per-target budget is always ``sum(steps)``.
+            lr: Adam learning rate, one for all stages or one per entry of ``steps`` (the pixel stage's last).
+            pixel_stage: after the block stages, optimise the output image (the victim's input in [0, 1]) inside
+                an l1 ball around the best generator image so far, per sample.
+            pixel_radius: l1 radius of the pixel stage (``radius_mode``: per element of the image, or absolute);
+                null leaves it unconstrained (rMLE started from PFO's image).
+            radius_rule: radii by split point: ``{split point: radius}`` (the feature radius) or ``{split point:
+                {feature_radius: .., image_radius: .., pixel_radius: ..}}``. At the attack's split point the
+                values given replace those options; at another split point the options apply. Choose it on the
+                public split with ``bench/calibrate_radius.py``.
+            init: stage 0's start: ``random`` (the paper's: the best of ``n_init`` random latents), ``encoder``
+                (the encoder's latent for the target's features) or ``both`` (the encoder's latent joins the
+                ``n_init`` random candidates; the best is kept).
+            encoder: the encoder file (``python train.py fit --config configs/encoder_*.yaml`` writes
+                ``encoder.pt``) for this victim, split point, defense and prior; needed by ``init: encoder | both``.
+        """
+        stage_steps = self._check_extensions(steps, lr, pixel_stage, pixel_radius, init, encoder, kwargs)
+        rules = normalise_rule(radius_rule, len(stage_steps) - 1)
+        block_lr = list(lr)[: len(stage_steps)] if isinstance(lr, Sequence) and pixel_stage else lr
+        super().__init__(victim, generator, steps=stage_steps, lr=block_lr, **kwargs)
+        known = getattr(self.victim, "split_points", None)
+        for split in rules:
+            if known is not None and split not in known:
+                raise ValueError(
+                    f"`radius_rule` names split point {split!r}, which this victim does not have; its split points "
+                    f"are {', '.join(known)}"
+                )
+        self.split_rule = rules.get(self.victim.split_point, {})
+        self.encoder = None
+        if init != "random":
+            self.encoder, self.encoder_meta = load_encoder(encoder)
+            check_encoder(encoder, self.encoder_meta, self.victim, self.generator, describe_defense(self.defense))
+            freeze(self.encoder)
+
+    @staticmethod
+    def _check_extensions(steps, lr, pixel_stage, pixel_radius, init, encoder, kwargs) -> list[int]:
+        """The extensions' options, before anything is loaded; returns the block stages' ``steps``."""
+        check_choice("init", init, INIT_MODES)
+        if init == "random" and encoder is not None:
+            raise ValueError("`encoder` is given but `init` is random, so it would never be read; set `init: encoder`"
+                             " or `init: both`, or drop `encoder`")  # fmt: skip
+        if init != "random" and encoder is None:
+            raise ValueError(f"`init: {init}` needs `encoder`: the file `train.py fit --config "
+                             "configs/encoder_*.yaml` writes (encoder.pt)")  # fmt: skip
+        if init == "encoder" and kwargs.get("restarts", 0):
+            raise ValueError("`restarts` start from the next-best initial candidate, but `init: encoder` has one; "
+                             "use `init: both` or `restarts: 0`")  # fmt: skip
+        if not isinstance(pixel_stage, bool):
+            raise ValueError(f"`pixel_stage` {pixel_stage!r} must be true or false")
+        if not pixel_stage:
+            return steps
+        if pixel_radius is not None:
+            check_number("pixel_radius", pixel_radius)
+        if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or len(steps) < 2:
+            raise ValueError(
+                f"with `pixel_stage: true`, `steps` lists stage 0, any block stages, then the pixel stage (at least "
+                f"two entries), got {steps!r}"
+            )
+        if not all(is_number(s) and s == int(s) and s >= 0 for s in steps):
+            raise ValueError(f"`steps` must list non-negative step counts per stage, got {list(steps)!r}")
+        check_per_stage("lr", lr, len(steps), f"stages (`steps` {list(steps)}, the pixel stage last)", positive=True)
+        return list(steps)[:-1]
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return super().frozen_modules() + ([self.encoder] if self.encoder is not None else [])
+
+    # ----- 2. radii by split point ---------------------------------------------------------------------------
+    def radius_setting(self, option: str) -> RadiusValue:
+        """The setting of a radius option at this split point: the rule's value where it names one."""
+        return self.split_rule[option] if option in self.split_rule else self.hparams[option]
+
+    def state_radius(self, name: str) -> tuple[float | Sequence[float] | None, str]:
+        if not self.split_rule:
+            return super().state_radius(name)
+        feature = self.radius_setting("feature_radius")
+        if name == "img":
+            image = self.radius_setting("image_radius")
+            return (image if image is not None else feature), "image_radius"
+        return feature, "feature_radius"
+
+    # ----- 3. the learned start ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def top_latents(
+        self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int, keep: int = 1
+    ) -> torch.Tensor:
+        """The initial candidates, best first: PFO's (``init: random``), the encoder's latent alone
+        (``encoder``: [N, 1, *latent]) or the best ``keep`` of the encoder's latent and the ``keep`` best random
+        ones (``both``; expanded latents, ties going to the encoder's)."""
+        mode = self.hparams.init
+        if mode == "random":
+            return super().top_latents(h_star, index, count, chunk, keep)
+        learned = self.encoder(h_star).unsqueeze(1)
+        if mode == "encoder":
+            return learned
+        P = self.prior
+        drawn = super().top_latents(h_star, index, count, chunk, keep)
+        drawn = P.expand(drawn.flatten(0, 1)).unflatten(0, drawn.shape[:2])
+        candidates = torch.cat([learned, drawn], 1)  # [N, keep + 1, *latent]
+        scores = torch.stack([self.evaluate(P.render(candidates[:, j]), h_star)[0] for j in range(keep + 1)], 1)
+        order = inf_if_not_finite(scores).argsort(dim=1, stable=True)[:, :keep]
+        return candidates[torch.arange(len(candidates), device=order.device)[:, None], order]
+
+    # ----- 1. the pixel stage --------------------------------------------------------------------------------
+    def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
+        result = super().reconstruct(h_star, index)
+        return self.refine_pixels(result, h_star) if self.hparams.pixel_stage else result
+
+    def refine_pixels(self, result: Reconstruction, h_star: torch.Tensor) -> Reconstruction:
+        """The pixel stage after PFO's: from each target's best image (the victim's input, [0, 1]), Adam on the
+        pixels, each step followed by the projection onto the l1 ball around that image (per sample) and a clamp
+        to [0, 1] (which only shrinks each element's deviation, so the ball still holds). The refined image is one
+        more stage; the answer is the stage with the lowest feature loss, so the pixel stage never makes it
+        worse."""
+        hp = self.hparams
+        stage = len(self.steps)  # the pixel stage's entry in `steps` and `lr`
+        low, high = self.value_range
+        anchor = result.images.detach().clone()
+        pixels = anchor.clone().requires_grad_(True)
+        radius = self.scaled(self.radius_setting("pixel_radius"), pixels)
+
+        def constrain() -> None:
+            self.constrain_all([(pixels, anchor, radius)])
+            with torch.no_grad():
+                pixels.clamp_(0, 1)
+
+        def render() -> torch.Tensor:  # the attack's loss reads images in the generator's value range
+            return low + pixels * (high - low)
+
+        stopped = result.failed.clone()  # a target that fails here keeps its earlier stages' answer
+        steps, lr = int(hp.steps[stage]), per_stage(hp.lr, stage, "lr")
+        self.optimize([pixels], render, h_star, steps, lr, stopped, constrain=constrain, name="pixels")
+        with torch.no_grad():
+            image = pixels.detach().clone()
+            loss = self.evaluate(low + image * (high - low), h_star)[1]
+        stage_images = [*result.stage_images, image]
+        stage_losses = [*result.stage_losses, loss]
+        losses = inf_if_not_finite(torch.stack(stage_losses))
+        best = losses.argmin(0)
+        rows = torch.arange(len(best), device=best.device)
+        return Reconstruction(
+            images=torch.stack(stage_images)[best, rows],
+            feature_loss=losses[best, rows],
+            failed=result.failed,
+            best_stage=best,
+            stage_images=stage_images,
+            stage_losses=stage_losses,
+        )

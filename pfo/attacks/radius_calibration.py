@@ -1,0 +1,141 @@
+"""Choose PFO's l1 radii for a split point on the attacker's PUBLIC images (issue 16, ``radius_rule``).
+
+A radius that fits one split point is wrong at another (at ``layer4`` 0.03 per element beat 0.1; at shallow splits
+a wide ball lets the features speak). The attacker may tune it, but only on data it has: the public split, never
+the targets. :func:`calibrate_radius` runs the attack, as configured, on ``count`` public images (spread over the
+split, each seeded by its index as a target is) once per value of a grid, and keeps the value with the best mean
+PSNR; :func:`rule_yaml` writes the choices as the ``radius_rule`` of ``pfo.attacks.PFOExtended``.
+``bench/calibrate_radius.py`` is the command-line entry point.
+
+The calibration refuses any split but ``public`` before it reads an image (``pfo.threat_model``);
+``allow_nonpublic_training`` breaks that rule on purpose (an oracle ablation), as for the attacker's networks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pfo.attacks.base import ReconstructionAttack
+from pfo.attacks.pfo_extended import RULE_OPTIONS
+from pfo.attacks.targets import spread_indices
+from pfo.metrics import psnr, summarize
+from pfo.threat_model import ALLOW_NONPUBLIC_TRAINING, PUBLIC, ThreatModelError
+
+
+@dataclass
+class RadiusCalibration:
+    """One split point's calibration: a row per grid value, and the value chosen."""
+
+    split_point: str
+    option: str  # feature_radius, image_radius or pixel_radius
+    indices: list[int]  # the public images used (positions in the public split)
+    rows: list[dict] = field(default_factory=list)  # value, psnr_mean, psnr_median, psnr_std, feature_loss, seconds
+    best: float | None = None
+
+    def table(self) -> str:
+        """The rows as a Markdown table, the chosen value marked."""
+        lines = [
+            f"{self.option} at {self.split_point} on {len(self.indices)} public images",
+            "",
+            "| value | PSNR mean | PSNR median | PSNR std | feature loss mean | s / image | |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for row in self.rows:
+            mark = "chosen" if row["value"] == self.best else ""
+            value = "null" if row["value"] is None else row["value"]
+            lines.append(
+                f"| {value} | {row['psnr_mean']:.2f} | {row['psnr_median']:.2f} | {row['psnr_std']:.2f} | "
+                f"{row['feature_loss']:.4g} | {row['seconds']:.2f} | {mark} |"
+            )
+        return "\n".join(lines)
+
+
+def require_public(split: str, allow: bool) -> None:
+    """Refuse a calibration on anything but the attacker's public data."""
+    if split != PUBLIC and not allow:
+        raise ThreatModelError(
+            f"radii are calibrated on the attacker's public data only, never on {split!r} (the victim's private "
+            f"data or the targets); use `split: public`, or `{ALLOW_NONPUBLIC_TRAINING}: true` to break the threat "
+            "model on purpose"
+        )
+
+
+def calibrate_radius(
+    make_attack: Callable[[float | None], ReconstructionAttack],
+    data,
+    grid: Sequence[float | None],
+    *,
+    split_point: str,
+    option: str = "feature_radius",
+    count: int = 16,
+    batch_size: int = 16,
+    split: str = PUBLIC,
+    allow_nonpublic_training: bool = False,
+) -> RadiusCalibration:
+    """Run ``make_attack(value)`` for every value of ``grid`` on ``count`` images of ``data``'s ``split`` and keep
+    the value with the best mean PSNR (the first of equals).
+
+    Args:
+        make_attack: builds the attack with ``option`` set to ``value`` at ``split_point``.
+        data: a pfo data module (anything whose ``dataset(split)`` serves ``{"image", "index"}`` items).
+        grid: the values to try (null: no constraint).
+        split_point: the split point the attacks cut the victim at (recorded; ``make_attack`` sets it).
+        option: the radius calibrated: ``feature_radius``, ``image_radius`` or ``pixel_radius``.
+        count: public images, spread over the split.
+        batch_size: images attacked at once (results are per image; the batch size only sets the speed).
+        split: ``public``; any other split is refused unless ``allow_nonpublic_training``.
+        allow_nonpublic_training: calibrate on another split on purpose (an ablation that breaks the threat model).
+    """
+    require_public(split, allow_nonpublic_training)
+    if option not in RULE_OPTIONS:
+        raise ValueError(f"`option` {option!r} must be one of {', '.join(RULE_OPTIONS)}")
+    if not grid:
+        raise ValueError("`grid` is empty; give the radii to try")
+    dataset = data.dataset(split)
+    indices = spread_indices(len(dataset), count)
+    items = [dataset[i] for i in indices]
+    images = torch.stack([item["image"] for item in items])
+    index = torch.tensor([int(item["index"]) for item in items])
+    result = RadiusCalibration(split_point=split_point, option=option, indices=indices)
+    for value in grid:
+        attack = make_attack(value)
+        scores, losses = [], []
+        start = time.perf_counter()
+        for first in range(0, len(images), batch_size):
+            batch, ids = images[first : first + batch_size], index[first : first + batch_size]
+            h = attack.client_features(batch, ids)
+            with torch.enable_grad():
+                answer = attack.reconstruct(h, ids)
+            scores.append(psnr(answer.images.detach().cpu().clamp(0, 1), batch))
+            losses.append(answer.feature_loss.detach().cpu())
+        seconds = (time.perf_counter() - start) / len(images)
+        stats = summarize({"psnr": torch.cat(scores), "feature_loss": torch.cat(losses)})
+        result.rows.append(
+            {
+                "value": value,
+                "psnr_mean": stats["psnr"]["mean"],
+                "psnr_median": stats["psnr"]["median"],
+                "psnr_std": stats["psnr"]["std"],
+                "feature_loss": stats["feature_loss"]["mean"],
+                "seconds": seconds,
+            }
+        )
+    best = max(range(len(result.rows)), key=lambda i: (result.rows[i]["psnr_mean"], -i))
+    result.best = result.rows[best]["value"]
+    return result
+
+
+def rule_yaml(calibrations: Sequence[RadiusCalibration]) -> str:
+    """The chosen values as a ``radius_rule`` snippet for ``pfo.attacks.PFOExtended``'s ``init_args``."""
+    rule: dict[str, dict[str, float | None]] = {}
+    for c in calibrations:
+        rule.setdefault(c.split_point, {})[c.option] = c.best
+    lines = ["radius_rule:"]
+    for split_point, entry in rule.items():
+        values = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in entry.items())
+        lines.append(f"  {split_point}: {{{values}}}")
+    return "\n".join(lines) + "\n"
