@@ -30,7 +30,7 @@ LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 # What writes each kind of file, and its name in the run folder: the fix an error about such a file names.
 MADE_BY = {
     "victim": ("`python train.py fit --config configs/victim_*.yaml`", "victim.pt", "Victims, split points and files"),
-    "generator": ("`python train.py fit --config configs/gan_*.yaml`", "generator.pt", "The three stages"),
+    "generator": ("`python train.py fit --config configs/gan_*.yaml`", "generator.pt", "Priors"),
     "decoder": ("`python train.py fit --config configs/in_*.yaml`", "decoder.pt", "Baselines, defenses, benchmark"),
     "features": ("`pfo.attacks.save_features`", "features.pt", "Baselines, defenses, benchmark"),
     "encoder": (
