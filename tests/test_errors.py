@@ -386,4 +386,4 @@ def test_10_the_victim_option_has_a_type_and_help(capsys, attack_class):
     text = " ".join(capsys.readouterr().out.split())
     text = text[text.index("Help for") :]  # past the usage line, which lists every option
     entry = text[text.index("--model.victim VICTIM") :][:300]
-    assert "Untyped" not in entry and "the victim file" in entry and "type: str | SplitModel" in entry
+    assert "Untyped" not in entry and "the victim file" in entry and "type: str | Path" in entry

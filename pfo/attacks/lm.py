@@ -8,6 +8,7 @@ target i's weights), so the batch costs one call per layer while no weight is sh
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,6 @@ from pfo.attacks.base import Reconstruction
 from pfo.attacks.optimization import OptimizationAttack
 from pfo.attacks.options import check_count, check_number
 from pfo.attacks.targets import target_generators
-from pfo.models.split import SplitModel
 
 
 class PerTargetConvNets:
@@ -88,7 +88,7 @@ class LM(OptimizationAttack):
 
     def __init__(
         self,
-        victim: str | SplitModel,
+        victim: str | Path,
         *,
         steps: int = 500,
         lr: float = 0.01,
@@ -100,7 +100,7 @@ class LM(OptimizationAttack):
     ) -> None:
         """
         Args:
-            victim: the victim file (``train.py fit`` of a victim config writes one), or a SplitModel.
+            victim: the victim file (``train.py fit`` of a victim config writes one); from Python, a SplitModel too.
             steps: optimisation steps per target.
             lr: Adam learning rate on the network weights.
             width: channels of each per-target network.

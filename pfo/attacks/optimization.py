@@ -9,6 +9,7 @@ failed; the others carry on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -17,7 +18,6 @@ from tqdm.auto import tqdm
 from pfo.attacks.base import ReconstructionAttack
 from pfo.attacks.loss import DISTANCES, AttackLoss, to_victim_input
 from pfo.attacks.options import check_choice, check_number
-from pfo.models.split import SplitModel
 
 
 def per_stage(value: float | Sequence[float] | None, stage: int, name: str) -> float | None:
@@ -51,7 +51,7 @@ class OptimizationAttack(ReconstructionAttack):
 
     def __init__(
         self,
-        victim: str | SplitModel,
+        victim: str | Path,
         *,
         distance: Literal["mse", "cosine", "l1"] = "mse",
         tv_weight: float = 0.0,
@@ -62,7 +62,7 @@ class OptimizationAttack(ReconstructionAttack):
     ) -> None:
         """
         Args:
-            victim: the victim file (``train.py fit`` of a victim config writes one), or a SplitModel.
+            victim: the victim file (``train.py fit`` of a victim config writes one); from Python, a SplitModel too.
             distance: feature distance D (mse, cosine or l1).
             tv_weight: weight of the total-variation prior on the image.
             l2_weight: weight of the image's mean square.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -10,7 +11,6 @@ from pfo.attacks.base import Reconstruction
 from pfo.attacks.optimization import OptimizationAttack
 from pfo.attacks.options import check_choice, check_count, check_number
 from pfo.attacks.targets import target_generators
-from pfo.models.split import SplitModel
 
 INITS = ("uniform", "gray")
 
@@ -22,7 +22,7 @@ class RMLE(OptimizationAttack):
 
     def __init__(
         self,
-        victim: str | SplitModel,
+        victim: str | Path,
         *,
         steps: int = 500,
         lr: float = 0.05,
@@ -32,7 +32,7 @@ class RMLE(OptimizationAttack):
     ) -> None:
         """
         Args:
-            victim: the victim file (``train.py fit`` of a victim config writes one), or a SplitModel.
+            victim: the victim file (``train.py fit`` of a victim config writes one); from Python, a SplitModel too.
             steps: optimisation steps per target.
             lr: Adam learning rate on pixel values.
             init: ``uniform`` (per-target seeded noise in [0, 1]) or ``gray`` (all 0.5).
