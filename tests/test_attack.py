@@ -216,7 +216,7 @@ def test_a_collapsed_target_restarts_from_its_next_best_latent_and_its_neighbour
     plain, _ = attack_images(make_attack(), targets)
     second = make_attack()
     top = second.top_latents
-    monkeypatch.setattr(second, "top_latents", lambda h, i, n, c, keep=1: top(h, i, n, c, keep=2)[:, 1:])
+    monkeypatch.setattr(second, "top_latents", lambda h, i, n, c, keep=1, classes=None: top(h, i, n, c, keep=2)[:, 1:])
     from_second, _ = attack_images(second, targets)
     assert not torch.equal(plain.images[0], from_second.images[0])  # the two starts lead to different answers
 

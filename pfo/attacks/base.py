@@ -51,6 +51,7 @@ class Reconstruction:
     best_stage: torch.Tensor | None = None  # [N] index of the stage whose image was kept
     stage_images: list[torch.Tensor] = field(default_factory=list)  # per stage [N, 3, R, R]
     stage_losses: list[torch.Tensor] = field(default_factory=list)  # per stage [N]
+    classes: torch.Tensor | None = None  # [N] the class a conditional prior rendered each target in
 
 
 def frozen_victim(victim: str | Path | SplitModel, split_point: str | None = None) -> SplitModel:
@@ -405,6 +406,7 @@ class ReconstructionAttack(L.LightningModule):
                 "label": int(batch["label"][i]),
                 "status": "failed: non-finite loss" if bool(result.failed[i]) else "ok",
                 "best_stage": int(result.best_stage[i]) if result.best_stage is not None else 0,
+                "prior_class": int(result.classes[i]) if result.classes is not None else None,
                 "reconstruction": result.images[i].detach().cpu().float(),
                 "stage_images": torch.stack([s[i] for s in result.stage_images]).cpu() if result.stage_images else None,
                 "stage_losses": torch.stack([s[i] for s in result.stage_losses]).cpu() if result.stage_losses else None,

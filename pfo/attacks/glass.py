@@ -60,7 +60,11 @@ class GLASS(GANInversionAttack):
         if not hasattr(self, "_w_spread"):
             g = torch.Generator().manual_seed(0)
             z = self.prior.sample_z(samples, g).to(self.device)
-            w = self.prior.map(z).flatten(1)
+            c = None  # a conditional prior's latents: every class in turn
+            if self.prior.c_dim:
+                c = torch.nn.functional.one_hot(torch.arange(samples) % self.prior.c_dim, self.prior.c_dim)
+                c = c.to(z.dtype).to(self.device)
+            w = self.prior.map(z, c).flatten(1)
             self._w_spread = float((w - w.mean(0)).pow(2).sum(1).mean().sqrt())
         return self._w_spread
 
@@ -68,7 +72,8 @@ class GLASS(GANInversionAttack):
         P, hp = self.prior, self.hparams
         n, k = h_star.shape[0], hp.candidates
         failed = torch.zeros(n, dtype=torch.bool, device=self.device)
-        top = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=k)  # [N, K, *latent shape]
+        classes = self.choose_classes(h_star, index)
+        top = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=k, classes=classes)  # [N, K, *latent]
 
         # Short optimisation of every candidate, as one batch of N * K (target i's candidates are rows i*K..).
         w = top.flatten(0, 1).clone().requires_grad_(True)
@@ -109,4 +114,9 @@ class GLASS(GANInversionAttack):
         with torch.no_grad():
             image = P.render(ws)
             distance = self.evaluate(image, h_star)[1]
-        return Reconstruction(images=self.to_output(image), feature_loss=distance, failed=failed)
+        return Reconstruction(
+            images=self.to_output(image),
+            feature_loss=distance,
+            failed=failed,
+            classes=None if classes is None else classes.classes,
+        )

@@ -154,12 +154,14 @@ class AttackOutputs:
             "seconds",
             "peak_memory_mb",
         ]
+        if any(r.get("prior_class") is not None for r in results):  # a class-conditional prior's class per target
+            columns.insert(columns.index("best_stage") + 1, "prior_class")
         path = self.folder / "metrics.csv"
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             for r in results:
-                row = {k: r.get(k) for k in ("index", "label", "status", "best_stage", "seconds", "peak_memory_mb")}
+                row = {k: r.get(k) for k in columns if k in r and k != "metrics"}
                 row.update({k: _scalar(v) for k, v in r["metrics"].items()})
                 writer.writerow(row)
         return path

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from pfo.attacks.base import Reconstruction, freeze
+from pfo.attacks.class_rule import ClassChoice, ClassRule
 from pfo.attacks.optimization import OptimizationAttack, per_stage
 from pfo.attacks.projection import project_deviation_
 from pfo.attacks.targets import target_generators
@@ -105,6 +106,10 @@ class GANInversionAttack(OptimizationAttack):
         truncation: float = 0.7,
         noise_mode: Literal["const", "none"] = "const",
         allow_upsampling: bool = False,
+        class_rule: Literal["auto", "victim", "search"] | int = "auto",
+        class_map: list[int] | None = None,
+        class_search_latents: int = 4,
+        class_search_top: int | None = None,
         **kwargs,
     ) -> None:
         """
@@ -116,10 +121,18 @@ class GANInversionAttack(OptimizationAttack):
                 z scaled by psi).
             noise_mode: StyleGAN2's per-layer noise: ``const`` (the generator's fixed noise buffers) or ``none``.
             allow_upsampling: accept a generator whose resolution is below the victim's input size.
+            class_rule: the class a class-conditional prior renders each target in (unconditional priors ignore
+                it; see pfo.attacks.class_rule): ``auto`` (the victim's own prediction from the observed features
+                where the split leaves a tail, else a search), ``victim``, ``search`` or a fixed class index.
+            class_map: victim class -> prior class, where their label spaces differ (``victim`` rule).
+            class_search_latents: latents per class scored by the ``search`` rule.
+            class_search_top: with a tail, search only the victim's k most likely classes (null: every class).
         """
         check_number("truncation", truncation, positive=True)
         check_choice("noise_mode", noise_mode, NOISE_MODES)
+        rule = ClassRule(class_rule, class_map, class_search_latents, class_search_top)  # checked before loading
         super().__init__(victim, **kwargs)
+        self.class_rule = rule
         self.prior = as_prior(load_generator_any(generator), noise_mode)
         self.generator = freeze(self.prior.generator)
         self.value_range = self.prior.value_range
@@ -136,23 +149,47 @@ class GANInversionAttack(OptimizationAttack):
                 f"the generator renders {resolution}px images but the victim takes {self.victim.input_size}px; "
                 f"use a prior of at least {self.victim.input_size}px, or set `allow_upsampling: true`"
             )
+        if self.prior.c_dim:
+            self.class_rule.check(self.victim, self.prior.c_dim)
+
+    @torch.no_grad()
+    def choose_classes(self, h_star: torch.Tensor, index: torch.Tensor) -> ClassChoice | None:
+        """Per target, the class a conditional prior renders it in (None for an unconditional prior)."""
+        if not self.prior.c_dim:
+            return None
+        return self.class_rule.choose(
+            h_star,
+            index,
+            victim=self.victim,
+            prior=self.prior,
+            seed=self.seed,
+            score=lambda images, h: self.evaluate(images, h)[0],
+            truncation=self.truncation,
+        )
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.generator]
 
     @torch.no_grad()
     def top_latents(
-        self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int, keep: int = 1
+        self,
+        h_star: torch.Tensor,
+        index: torch.Tensor,
+        count: int,
+        chunk: int,
+        keep: int = 1,
+        classes: ClassChoice | None = None,
     ) -> torch.Tensor:
         """Per target, the ``keep`` best of ``count`` mapped latents drawn from its own generator, best first:
-        [N, keep, *latent shape]."""
+        [N, keep, *latent shape]. ``classes``: a conditional prior's class per target (``choose_classes``)."""
         P = self.prior
         best = []
-        for g, h in zip(target_generators(self.seed, index), h_star):
+        for i, (g, h) in enumerate(zip(target_generators(self.seed, index), h_star)):
             z = P.sample_z(count, g).to(self.device)
             scores, ws = [], []
             for start in range(0, count, chunk):
-                w = P.map(z[start : start + chunk], truncation=self.truncation)
+                c = None if classes is None else classes.c[i].expand(len(z[start : start + chunk]), -1)
+                w = P.map(z[start : start + chunk], c, truncation=self.truncation)
                 images = P.render(w)
                 loss, _ = self.evaluate(images, h.expand(len(w), *h.shape))
                 scores.append(loss)
@@ -326,7 +363,8 @@ class PFO(GANInversionAttack):
         P, hp = self.prior, self.hparams
         n = h_star.shape[0]
         failed = torch.zeros(n, dtype=torch.bool, device=self.device)
-        candidates = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=hp.restarts + 1)
+        classes = self.choose_classes(h_star, index)
+        candidates = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=hp.restarts + 1, classes=classes)
         ws = self.latent_stage(candidates, h_star, failed)
         stage_images, stage_losses = [], []
         with torch.no_grad():
@@ -382,4 +420,5 @@ class PFO(GANInversionAttack):
             best_stage=best,
             stage_images=stage_images,
             stage_losses=stage_losses,
+            classes=None if classes is None else classes.classes,
         )

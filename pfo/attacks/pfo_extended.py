@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 
 from pfo.attacks.base import Reconstruction, freeze
+from pfo.attacks.class_rule import ClassChoice
 from pfo.attacks.encoder_trainer import check_encoder, load_encoder
 from pfo.attacks.inverse_network import describe_defense
 from pfo.attacks.optimization import per_stage
@@ -176,19 +177,25 @@ class PFOExtended(PFO):
     # ----- 3. the learned start ------------------------------------------------------------------------------
     @torch.no_grad()
     def top_latents(
-        self, h_star: torch.Tensor, index: torch.Tensor, count: int, chunk: int, keep: int = 1
+        self,
+        h_star: torch.Tensor,
+        index: torch.Tensor,
+        count: int,
+        chunk: int,
+        keep: int = 1,
+        classes: ClassChoice | None = None,
     ) -> torch.Tensor:
         """The initial candidates, best first: PFO's (``init: random``), the encoder's latent alone
         (``encoder``: [N, 1, *latent]) or the best ``keep`` of the encoder's latent and the ``keep`` best random
         ones (``both``; expanded latents, ties going to the encoder's)."""
         mode = self.hparams.init
         if mode == "random":
-            return super().top_latents(h_star, index, count, chunk, keep)
+            return super().top_latents(h_star, index, count, chunk, keep, classes)
         learned = self.encoder(h_star).unsqueeze(1)
         if mode == "encoder":
             return learned
         P = self.prior
-        drawn = super().top_latents(h_star, index, count, chunk, keep)
+        drawn = super().top_latents(h_star, index, count, chunk, keep, classes)
         drawn = P.expand(drawn.flatten(0, 1)).unflatten(0, drawn.shape[:2])
         candidates = torch.cat([learned, drawn], 1)  # [N, keep + 1, *latent]
         scores = torch.stack([self.evaluate(P.render(candidates[:, j]), h_star)[0] for j in range(keep + 1)], 1)
@@ -239,4 +246,5 @@ class PFOExtended(PFO):
             best_stage=best,
             stage_images=stage_images,
             stage_losses=stage_losses,
+            classes=result.classes,
         )
