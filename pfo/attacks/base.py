@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
+from pfo.artifacts import build_from_config
 from pfo.attacks.defenses import Defense, defense_generators
 from pfo.attacks.fingerprint import (
     FINGERPRINT_FILE,
@@ -54,9 +55,12 @@ class Reconstruction:
     classes: torch.Tensor | None = None  # [N] the class a conditional prior rendered each target in
 
 
-def frozen_victim(victim: str | Path | SplitModel, split_point: str | None = None) -> SplitModel:
-    """The victim an attacker works with: loaded from its file (or given), cut at ``split_point`` (default: where
-    it was exported), in eval mode and with no trainable parameter."""
+def frozen_victim(victim: str | Path | dict | SplitModel, split_point: str | None = None) -> SplitModel:
+    """The victim an attacker works with: loaded from its file, built from an inline ``{class_path, init_args}``
+    (a config's network given in place of a file), or given; cut at ``split_point`` (default: where it was
+    exported), in eval mode and with no trainable parameter."""
+    if isinstance(victim, dict):
+        victim = build_from_config({"init_args": {}, **victim}, SplitModel)
     model = load_victim(victim) if isinstance(victim, (str, Path)) else victim
     if split_point is not None:
         model.with_split(split_point)

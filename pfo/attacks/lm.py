@@ -88,7 +88,7 @@ class LM(OptimizationAttack):
 
     def __init__(
         self,
-        victim: str | Path,
+        victim: str | Path | dict,
         *,
         steps: int = 500,
         lr: float = 0.01,
@@ -100,7 +100,8 @@ class LM(OptimizationAttack):
     ) -> None:
         """
         Args:
-            victim: the victim file (``train.py fit`` of a victim config writes one); from Python, a SplitModel too.
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
             steps: optimisation steps per target.
             lr: Adam learning rate on the network weights.
             width: channels of each per-target network.

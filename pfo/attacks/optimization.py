@@ -51,7 +51,7 @@ class OptimizationAttack(ReconstructionAttack):
 
     def __init__(
         self,
-        victim: str | Path,
+        victim: str | Path | dict,
         *,
         distance: Literal["mse", "cosine", "l1"] = "mse",
         tv_weight: float = 0.0,
@@ -62,7 +62,8 @@ class OptimizationAttack(ReconstructionAttack):
     ) -> None:
         """
         Args:
-            victim: the victim file (``train.py fit`` of a victim config writes one); from Python, a SplitModel too.
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
             distance: feature distance D (mse, cosine or l1).
             tv_weight: weight of the total-variation prior on the image.
             l2_weight: weight of the image's mean square.

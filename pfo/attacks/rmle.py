@@ -22,7 +22,7 @@ class RMLE(OptimizationAttack):
 
     def __init__(
         self,
-        victim: str | Path,
+        victim: str | Path | dict,
         *,
         steps: int = 500,
         lr: float = 0.05,
@@ -32,7 +32,8 @@ class RMLE(OptimizationAttack):
     ) -> None:
         """
         Args:
-            victim: the victim file (``train.py fit`` of a victim config writes one); from Python, a SplitModel too.
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
             steps: optimisation steps per target.
             lr: Adam learning rate on pixel values.
             init: ``uniform`` (per-target seeded noise in [0, 1]) or ``gray`` (all 0.5).
