@@ -153,11 +153,12 @@ def victim_file(tmp_path):
 def test_a_corrupt_victim_file(tmp_path, victim_file):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file at all")
-    with pytest.raises(ArtifactError, match="not a readable victim file"):
+    with pytest.raises(ArtifactError, match="not a pfo victim file: it is not a file torch.save wrote") as info:
         load_victim(garbage)
+    assert "weights_only=False" not in str(info.value)  # never the advice to unpickle an untrusted file
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(victim_file.read_bytes()[: victim_file.stat().st_size // 2])
-    with pytest.raises(ArtifactError, match="not a readable victim file"):
+    with pytest.raises(ArtifactError, match="damaged or incomplete"):
         load_victim(truncated)
     with pytest.raises(FileNotFoundError, match="no victim file"):
         load_victim(tmp_path / "absent.pt")
@@ -166,7 +167,7 @@ def test_a_corrupt_victim_file(tmp_path, victim_file):
 def test_a_foreign_torch_file(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
-    with pytest.raises(ArtifactError, match="not a pfo victim file$"):
+    with pytest.raises(ArtifactError, match="resnet18.pth is not a pfo victim file; `python train.py fit"):
         load_victim(path)
 
 
@@ -181,7 +182,7 @@ def test_a_lightning_checkpoint(tmp_path):
         "hyper_parameters": {"warmup_epochs": 0.5},
     }
     torch.save(checkpoint, path)
-    with pytest.raises(ArtifactError, match="a Lightning checkpoint: export it first"):
+    with pytest.raises(ArtifactError, match="a Lightning checkpoint, not a pfo victim file: give .*victim.pt"):
         load_victim(path)
 
 
