@@ -10,8 +10,8 @@ Two formats are understood:
   persistent object into an inert :class:`PersistentStub` holding its saved state; the source is never run.
 
 Class-conditional NVlabs generators (``c_dim > 0``, e.g. the CIFAR-10 network) import too (rule N2); their
-discriminators do not. Our networks use NVlabs' parameter names, so a pickle maps by name; rosinality's names and storage
-conventions are translated rule by rule (see ``_rosinality_generator_to_pfo``). The architecture is inferred
+discriminators do not. Our networks use NVlabs' parameter names, so a pickle maps by name; rosinality's names and
+storage conventions are translated rule by rule (see ``_rosinality_generator_to_pfo``). The architecture is inferred
 from tensor shapes; keyword overrides reach the constructor (e.g. ``lr_mlp``, which no shape reveals).
 
 Public API: :func:`import_generator` (any supported file), :func:`load_rosinality`, :func:`load_nvlabs_pkl`,
