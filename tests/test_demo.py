@@ -1,6 +1,6 @@
-"""``scripts/demo.sh`` (what ``make demo`` runs) end to end at test size, on the real CIFAR-10 of ``../shared``:
-every stage runs with the options the demo passes, so a renamed option breaks this test, not the README's first
-command. ``PFO_DEMO_SCALE=test`` is the one knob: a few steps of everything, two targets."""
+"""``scripts/demo.sh`` (what ``make demo`` runs) end to end at test size, on a tiny CIFAR-10 folder in the class-folder
+layout (generated images): every stage runs with the options the demo passes, so a renamed option breaks this test,
+not the README's first command. ``PFO_DEMO_SCALE=test`` is the one knob: a few steps of everything, two targets."""
 
 from __future__ import annotations
 
@@ -13,20 +13,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_configs import TINY_DATA
 
 from pfo.models import load_prior, load_victim
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CIFAR10 = SHARED / "data" / "cifar10"
-ALEXNET = SHARED / "weights" / "alexnet_features.pth"
+ALEXNET = REPO.parent / "shared" / "weights" / "alexnet_features.pth"  # LPIPS is checked where it is present
 ATTACKS = {"PFO": "demo_pfo", "GLASS": "demo_glass", "rMLE": "demo_rmle"}
 
 
 @pytest.mark.slow
 def test_the_demo_runs_every_stage_and_reports_where_everything_went(tmp_path):
-    if not (CIFAR10 / "test").is_dir():
-        pytest.skip(f"no CIFAR-10 at {CIFAR10}: the demo test needs the project's shared folder beside the checkout")
+    TINY_DATA["pfo.data.CIFAR10"](tmp_path / "data" / "cifar10")  # 4 training and 1 test image per class
     logs = tmp_path / "logs"
     stale = logs / "demo_pfo" / "summary.json"  # what an earlier demo left: the rerun must start afresh
     stale.parent.mkdir(parents=True)
@@ -35,7 +33,7 @@ def test_the_demo_runs_every_stage_and_reports_where_everything_went(tmp_path):
         **os.environ,
         "PFO_DEMO_SCALE": "test",
         "PFO_DEMO_LOGS": str(logs),
-        "PFO_DATA_ROOT": str(CIFAR10.parent),
+        "PFO_DATA_ROOT": str(tmp_path / "data"),
         "PYTHON": sys.executable,
         "OMP_NUM_THREADS": "1",
     }
