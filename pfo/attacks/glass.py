@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from pfo.attacks.base import Reconstruction
-from pfo.attacks.pfo import GANInversionAttack, check_count, check_number
+from pfo.attacks.options import check_count, check_number
+from pfo.attacks.pfo import GANInversionAttack
 from pfo.attacks.targets import target_generators
 
 

@@ -19,7 +19,6 @@ with that interface is a prior. Every option is checked when the attack is built
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ import torch
 from pfo.attacks.base import Reconstruction, freeze
 from pfo.attacks.class_rule import ClassChoice, ClassRule
 from pfo.attacks.optimization import OptimizationAttack, per_stage
+from pfo.attacks.options import check_choice, check_count, check_number, is_number
 from pfo.attacks.projection import project_deviation_
 from pfo.attacks.targets import target_generators
 from pfo.metrics import is_collapsed
@@ -57,27 +57,6 @@ def inf_if_not_finite(loss: torch.Tensor) -> torch.Tensor:
 # ----- option checks: each names the option as the user typed it --------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_count(name: str, value: Any, minimum: int) -> None:
-    """``value`` is an integer >= ``minimum``."""
-    if not (_is_number(value) and value == int(value) and value >= minimum):
-        raise ValueError(f"`{name}` {value!r} must be an integer >= {minimum}")
-
-
-def check_number(name: str, value: Any, *, positive: bool = False) -> None:
-    """``value`` is a finite number, > 0 when ``positive`` else >= 0."""
-    if not _is_number(value) or (value <= 0 if positive else value < 0):
-        raise ValueError(f"`{name}` {value!r} must be a finite number {'> 0' if positive else '>= 0'}")
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` {value!r} must be one of {', '.join(choices)}")
-
-
 def check_per_stage(name: str, value: Any, stages: int, what: str, *, positive: bool = False) -> None:
     """``value`` is one number for every stage or a list with one per stage (``stages`` of them, ``what``)."""
     if value is None or not isinstance(value, Sequence) or isinstance(value, str):
@@ -88,7 +67,7 @@ def check_per_stage(name: str, value: Any, stages: int, what: str, *, positive: 
             f"`{name}` lists {len(value)} values but there are {stages} {what}; give one value, or one per stage"
         )
     for v in value:
-        if not _is_number(v) or (v <= 0 if positive else v < 0):
+        if not is_number(v) or (v <= 0 if positive else v < 0):
             raise ValueError(f"`{name}` {list(value)!r} must hold finite numbers {'> 0' if positive else '>= 0'}")
 
 
@@ -266,7 +245,7 @@ class PFO(GANInversionAttack):
         if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or not steps:
             raise ValueError(f"`steps` must list non-negative step counts per stage, got {steps!r}")
         for s in steps:
-            if not (_is_number(s) and s == int(s) and s >= 0):
+            if not (is_number(s) and s == int(s) and s >= 0):
                 raise ValueError(f"`steps` must list non-negative step counts per stage, got {list(steps)!r}")
         stages = len(steps)
         check_per_stage("lr", lr, stages, f"stages (`steps` {list(steps)})", positive=True)

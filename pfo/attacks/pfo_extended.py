@@ -32,8 +32,8 @@ from pfo.attacks.class_rule import ClassChoice
 from pfo.attacks.encoder_trainer import check_encoder, load_encoder
 from pfo.attacks.inverse_network import describe_defense
 from pfo.attacks.optimization import per_stage
-from pfo.attacks.options import is_number
-from pfo.attacks.pfo import PFO, check_choice, check_number, check_per_stage, inf_if_not_finite
+from pfo.attacks.options import check_choice, check_number, is_number
+from pfo.attacks.pfo import PFO, check_per_stage, inf_if_not_finite
 
 INIT_MODES = ("random", "encoder", "both")
 RULE_OPTIONS = ("feature_radius", "image_radius", "pixel_radius")
