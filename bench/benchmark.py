@@ -50,15 +50,23 @@ class AttackSpec:
     config: str
     uses_prior: bool = False
     learned: bool = False  # the inverse network: no per-target optimisation
+    extensions: tuple[str, ...] = ()  # PFOExtended's extensions on in this row: pixel, radius, encoder
 
 
+EXTENDED = "configs/pfo_extended_resnet.yaml"
 ATTACKS = {
     "pfo": AttackSpec("PFO", "configs/pfo_resnet.yaml", uses_prior=True),
     "glass": AttackSpec("GLASS", "configs/glass_resnet.yaml", uses_prior=True),
     "rmle": AttackSpec("rMLE", "configs/rmle_resnet.yaml"),
     "lm": AttackSpec("LM", "configs/lm_resnet.yaml"),
     "in": AttackSpec("IN", "configs/in_resnet.yaml", learned=True),
+    # issue 16's ablation: the paper's PFO ("pfo") with one extension of PFOExtended at a time, and all of them
+    "pfo_pixel": AttackSpec("PFO+pixel", EXTENDED, uses_prior=True, extensions=("pixel",)),
+    "pfo_radius": AttackSpec("PFO+radius", EXTENDED, uses_prior=True, extensions=("radius",)),
+    "pfo_encoder": AttackSpec("PFO+encoder", EXTENDED, uses_prior=True, extensions=("encoder",)),
+    "pfo_all": AttackSpec("PFO+all", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "encoder")),
 }
+PIXEL_LR = 0.01  # the pixel stage's learning rate (configs/pfo_extended_resnet.yaml's); the block stages keep 0.05
 CIFAR10_DATA = {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
 CIFAR10_PRIORS = {"cifar10": "configs/gan_cifar10.yaml", "tinyimagenet": "configs/gan_tinyimagenet.yaml"}
 NAMED = "named:"  # a prior value naming a pretrained prior (pfo.models.load_prior resolves it) instead of a config
@@ -75,7 +83,8 @@ class Setting:
     priors: dict[str, str]  # prior name -> config to train, or NAMED + a pretrained prior's name
     decoder_config: str  # the inverse network's decoder, trained on the public split
     data: dict  # the targets' (and the utility measurement's) data module: its test split
-    attacks: tuple[str, ...]
+    attacks: tuple[str, ...]  # the default rows (the ablation's rows are asked for with --attacks)
+    encoder_config: str  # PFOExtended's learned start, trained on the public split per split point and prior
 
 
 SETTINGS = {
@@ -88,6 +97,7 @@ SETTINGS = {
         "configs/in_cifar10.yaml",
         CIFAR10_DATA,
         ("pfo", "glass", "rmle", "lm", "in"),
+        "configs/encoder_cifar10.yaml",
     ),
     "faces": Setting(
         "faces",
@@ -98,6 +108,7 @@ SETTINGS = {
         "configs/in_lfw.yaml",
         {"class_path": "pfo.data.LFW", "init_args": {"resolution": 64}},
         ("pfo", "glass", "rmle", "lm", "in"),
+        "configs/encoder_lfw.yaml",
     ),
     "vit": Setting(
         "vit",
@@ -108,19 +119,30 @@ SETTINGS = {
         "configs/in_cifar10.yaml",
         CIFAR10_DATA,
         ("pfo", "glass", "rmle", "in"),
+        "configs/encoder_cifar10.yaml",
     ),
 }
 
 
 def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
-    """The same per-target step budget for every optimisation attack, spread over its phases."""
-    if attack == "pfo":
+    """The same per-target step budget for every optimisation attack, spread over its phases. PFO's rows share the
+    paper's stages (40 % for W+, the rest over three block stages); with the pixel stage, the last block stage gives
+    it half of its steps, so the budget stays ``steps``."""
+    if attack == "pfo" or ATTACKS[attack].extensions:
         first = round(steps * 0.4)
         rest = steps - first
         stages = [first, rest // 3, rest // 3, rest - 2 * (rest // 3)]
+        lr = []
+        if "pixel" in ATTACKS[attack].extensions:
+            pixel = stages[-1] // 2
+            stages = [*stages[:-1], stages[-1] - pixel, pixel]
+            lr = ["--model.init_args.lr", json.dumps([0.05] * (len(stages) - 1) + [PIXEL_LR])]
+        elif attack != "pfo":
+            lr = ["--model.init_args.lr", "0.05"]
         return [
             "--model.init_args.steps",
             json.dumps(stages),
+            *lr,
             "--model.init_args.n_init",
             str(n_init),
             "--model.init_args.init_chunk",
@@ -172,6 +194,12 @@ class Options:
     prior_overrides: list[str] = field(default_factory=list)
     decoder_epochs: int = 1  # each inverse-network decoder's epochs over the public half (its config says 2)
     decoder_overrides: list[str] = field(default_factory=list)
+    # the ablation's extensions (PFOExtended): the pixel ball, the radius rule chosen on public images
+    # (bench/calibrate_radius.py's radius_rule.yaml), the encoder's epochs over the public half
+    pixel_radius: float = 0.02
+    radius_rule: dict | None = None
+    encoder_epochs: int = 1
+    encoder_overrides: list[str] = field(default_factory=list)
     extra_attack_overrides: list[str] = field(default_factory=list)
     lpips_weights: str | None = None
     report_only: bool = False
@@ -225,6 +253,7 @@ QUICK = dict(
     ],
     prior_overrides=["--trainer.max_steps", "100", "--trainer.max_time", "null"],
     decoder_overrides=["--trainer.limit_train_batches", "30"],
+    encoder_overrides=["--trainer.limit_train_batches", "30"],
 )
 
 
@@ -325,6 +354,64 @@ def ensure_decoder(options: Options, victim: Path, split: str, noise: float | No
     return _train(options.spec.decoder_config, name, options.cache, overrides, "decoder.pt")
 
 
+def ensure_encoder(options: Options, victim: Path, split: str, noise: float | None, prior: Path | str) -> Path:
+    """PFOExtended's encoder for this victim, split point, defense level and prior, trained on the public split
+    (cached under ``--cache``, named after the victim's and the prior's identities)."""
+    name = f"encoder_{options.setting}_{split}_noise{noise or 0:g}"
+    name += f"_{file_digest(str(victim))[:10]}_{hashlib.sha256(str(identity(prior)).encode()).hexdigest()[:10]}"
+    overrides = [
+        "--model.init_args.victim",
+        str(victim),
+        "--model.init_args.generator",
+        prior_argument(prior),
+        "--model.init_args.split_point",
+        split,
+        *defense_arg(noise),
+        "--trainer.max_epochs",
+        str(options.encoder_epochs),
+        *options.encoder_overrides,
+    ]
+    return _train(options.spec.encoder_config, name, options.cache, overrides, "encoder.pt")
+
+
+def extension_overrides(options: Options, attack: str, encoder: Path | None) -> list[str]:
+    """PFOExtended's options for an ablation row: each extension on or off, as the row names it."""
+    on = ATTACKS[attack].extensions
+    if "radius" in on and not options.radius_rule:
+        raise ValueError(
+            f"the {ATTACKS[attack].name} row needs a radius rule chosen on public images: run "
+            "bench/calibrate_radius.py and pass its radius_rule.yaml with --radius_rule"
+        )
+    if "encoder" in on and encoder is None:
+        raise ValueError(f"the {ATTACKS[attack].name} row needs its encoder (ensure_encoder)")
+    return [
+        "--model.init_args.pixel_stage",
+        str("pixel" in on).lower(),
+        "--model.init_args.pixel_radius",
+        str(options.pixel_radius),
+        "--model.init_args.radius_rule",
+        json.dumps(options.radius_rule) if "radius" in on else "null",
+        "--model.init_args.init",
+        "both" if "encoder" in on else "random",
+        "--model.init_args.encoder",
+        str(encoder) if "encoder" in on else "null",
+    ]
+
+
+def extension_key(options: Options, attack: str) -> str:
+    """A short key of the extension settings an ablation row depends on ('' for every other row)."""
+    on = ATTACKS[attack].extensions
+    if not on:
+        return ""
+    settings = {
+        "pixel_radius": options.pixel_radius if "pixel" in on else None,
+        "radius_rule": options.radius_rule if "radius" in on else None,
+        "encoder_epochs": options.encoder_epochs if "encoder" in on else None,
+        "encoder_overrides": options.encoder_overrides if "encoder" in on else None,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
+
+
 def run_name(attack: str, split: str, prior: str | None, noise: float | None, key: str = "") -> str:
     """``<attack>_<split>_<prior>_noise<level>[_<run key>]``."""
     return f"{attack}_{split}_{prior or 'none'}_noise{noise or 0:g}" + (f"_{key}" if key else "")
@@ -339,6 +426,7 @@ def run_attack(
     decoder: Path | None,
     noise: float | None,
     name: str,
+    encoder: Path | None = None,
 ) -> dict:
     """One attack run (resumed if its folder exists); returns its summary with the per-target rows."""
     from pfo.attacks.cli import AttackCLI
@@ -374,6 +462,8 @@ def run_attack(
         args += ["--model.init_args.decoder", str(decoder)]
     if spec.uses_prior:
         args += ["--model.init_args.generator", prior_argument(prior)]
+    if spec.extensions:
+        args += extension_overrides(options, attack, encoder)
     if options.lpips_weights:
         args += ["--model.init_args.lpips_weights", options.lpips_weights]
     AttackCLI(args=args)
@@ -421,6 +511,71 @@ def markdown_table(rows: list[dict]) -> str:
             f"{cell(s, 'ssim', 3)} | {cell(s, 'lpips', 4)} | {cell(s, 'feature_distance', 4)} | "
             f"{cell(s, 'seconds', 2)} | {r['init_passes']} | {s['collapsed']}/{s['targets']} | "
             f"{utility_cell(r.get('utility'))} |"
+        )
+    return "\n".join(lines)
+
+
+def per_target(summary: dict) -> dict[int, dict[str, float]]:
+    """A finished run's per-target metrics (its ``metrics.csv``), by target index."""
+    import csv
+
+    with open(Path(summary["folder"]) / "metrics.csv", newline="") as stream:
+        return {
+            int(r["index"]): {k: float(r[k]) for k in ("psnr", "lpips") if r.get(k)} for r in csv.DictReader(stream)
+        }
+
+
+def paired_rows(rows: list[dict], reference: str = "PFO") -> list[dict]:
+    """Every row against the paper's PFO with the same prior, split point and defense, target by target (the same
+    targets: a difference per target removes how hard each target is). For a row without a prior, one comparison
+    per prior. ``difference`` is row - PFO in PSNR (dB): positive where the row is better."""
+    import statistics
+
+    references = {(r["defense"], r["split"], r["prior"]): r for r in rows if r["attack"] == reference}
+    paired = []
+    for r in rows:
+        if r["attack"] == reference:
+            continue
+        for (defense, split, prior), ref in references.items():
+            if (defense, split) != (r["defense"], r["split"]) or r["prior"] not in ("-", prior):
+                continue
+            mine, theirs = per_target(r["summary"]), per_target(ref["summary"])
+            common = sorted(set(mine) & set(theirs))
+            if not common:
+                continue
+            diff = [mine[i]["psnr"] - theirs[i]["psnr"] for i in common]
+            lpips = [
+                mine[i]["lpips"] - theirs[i]["lpips"] for i in common if "lpips" in mine[i] and "lpips" in theirs[i]
+            ]
+            paired.append(
+                {
+                    "defense": defense,
+                    "split": split,
+                    "prior": prior,
+                    "attack": r["attack"],
+                    "targets": len(common),
+                    "psnr_mean": statistics.fmean(diff),
+                    "psnr_median": statistics.median(diff),
+                    "psnr_std": statistics.stdev(diff) if len(diff) > 1 else 0.0,
+                    "lpips_mean": statistics.fmean(lpips) if lpips else float("nan"),
+                    "row_ahead": sum(d > 0 for d in diff),
+                    "reference_ahead": sum(d < 0 for d in diff),
+                }
+            )
+    return paired
+
+
+def paired_table(paired: list[dict], reference: str = "PFO") -> str:
+    header = (
+        f"| defense | split | prior | attack | PSNR - {reference} (dB) mean / median (std) | LPIPS - {reference} | "
+        f"targets the attack is ahead on | targets {reference} is ahead on |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for p in paired:
+        lines.append(
+            f"| {p['defense']} | {p['split']} | {p['prior']} | {p['attack']} | {p['psnr_mean']:+.2f} / "
+            f"{p['psnr_median']:+.2f} ({p['psnr_std']:.2f}) | {p['lpips_mean']:+.4f} | {p['row_ahead']}/{p['targets']} "
+            f"| {p['reference_ahead']}/{p['targets']} |"
         )
     return "\n".join(lines)
 
@@ -609,7 +764,9 @@ class Cell:
     def cost(self) -> float:
         """A rough relative cost, only to start the longest runs first when cells run in parallel: an inverse
         network trains a decoder over the whole public half; deeper split points cost more per step."""
-        weight = {"in": 100.0, "glass": 1.5, "lm": 1.2, "pfo": 1.0, "rmle": 0.6}[self.attack]
+        weight = {"in": 100.0, "glass": 1.5, "lm": 1.2, "pfo": 1.0, "rmle": 0.6}.get(self.attack, 1.0)
+        if "encoder" in ATTACKS[self.attack].extensions:
+            weight += 50.0  # its encoder trains over the public half first
         return weight * (1 + self.depth)
 
 
@@ -618,8 +775,13 @@ def table_cells(options: Options, keys: dict[str | None, str] | None = None) -> 
     key per prior name (None: the attacks without a prior)."""
     keys = keys or {}
     order = options.spec.split_points
+
+    def key(attack: str, prior: str | None) -> str:
+        base, extension = keys.get(prior, ""), extension_key(options, attack)
+        return f"{base}-{extension}" if base and extension else base
+
     return [
-        Cell(attack, split, prior, noise, keys.get(prior, ""), order.index(split))
+        Cell(attack, split, prior, noise, key(attack, prior), order.index(split))
         for noise in [None] + ([options.noise] if options.noise else [])
         for split in options.splits
         for attack in options.attacks
@@ -658,7 +820,10 @@ def compute_cell(options: Options, cell: Cell, victim: Path, priors: dict[str, P
     """Train the cell's decoder when it needs one (IN), then run (or resume) its attack."""
     decoder = ensure_decoder(options, victim, cell.split, cell.noise) if cell.attack == "in" else None
     prior = priors.get(cell.prior) if cell.prior else None
-    return run_attack(options, cell.attack, victim, cell.split, prior, decoder, cell.noise, cell.name)
+    encoder = None
+    if "encoder" in ATTACKS[cell.attack].extensions:
+        encoder = ensure_encoder(options, victim, cell.split, cell.noise, prior)
+    return run_attack(options, cell.attack, victim, cell.split, prior, decoder, cell.noise, cell.name, encoder)
 
 
 def _worker_start(threads: int) -> None:
@@ -770,6 +935,24 @@ def run(
     return rows
 
 
+def load_radius_rule(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """The ``radius_rule`` of calibrate_radius.py's file (``radius_rule: {split: ...}`` or the mapping itself)."""
+    import yaml
+
+    from pfo.attacks.pfo_extended import normalise_rule
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        parser.error(f"--radius_rule {path}: cannot read it ({error}); bench/calibrate_radius.py writes it")
+    rule = loaded.get("radius_rule", loaded) if isinstance(loaded, dict) else loaded
+    try:
+        normalise_rule(rule, feature_stages=3)
+    except ValueError as error:
+        parser.error(f"--radius_rule {path}: {error}")
+    return rule
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -794,6 +977,20 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="training epochs of each inverse-network decoder on the public half (default 1, as in bench/RESULTS.md; "
         "a decoder cached under --cache is reused whatever its epochs)",
+    )
+    parser.add_argument(
+        "--encoder_epochs",
+        type=int,
+        help="training epochs of each PFOExtended encoder on the public half (the pfo_encoder and pfo_all rows; "
+        "default 1; part of those rows' keys)",
+    )
+    parser.add_argument(
+        "--pixel_radius", type=float, help="the pixel stage's l1 radius per element (pfo_pixel, pfo_all; default 0.02)"
+    )
+    parser.add_argument(
+        "--radius_rule",
+        type=Path,
+        help="radius_rule.yaml written by bench/calibrate_radius.py on PUBLIC images (needed by pfo_radius, pfo_all)",
     )
     parser.add_argument("--victim", help="reuse this victim file instead of training one")
     parser.add_argument(
@@ -844,6 +1041,8 @@ def main(argv: list[str] | None = None) -> None:
         "priors",
         "noise",
         "decoder_epochs",
+        "encoder_epochs",
+        "pixel_radius",
         "lpips_weights",
         "utility_images",
     )
@@ -852,21 +1051,37 @@ def main(argv: list[str] | None = None) -> None:
             setattr(options, key, getattr(args, key))
     options.cache, options.out, options.report_only = args.cache, args.out, args.report_only
     given = dict(p.split("=", 1) for p in args.prior)
+    if args.radius_rule is not None:
+        options.radius_rule = load_radius_rule(args.radius_rule, parser)
+    needs_rule = [a for a in options.attacks if "radius" in ATTACKS[a].extensions]
+    if needs_rule and not options.radius_rule and not options.report_only:
+        parser.error(
+            f"--attacks {' '.join(needs_rule)} need --radius_rule: the radius_rule.yaml that bench/calibrate_radius.py "
+            "writes from PUBLIC images (never the targets)"
+        )
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     rows = run(options, args.victim, given, jobs=args.jobs)
     table = markdown_table(rows)
+    paired = paired_table(paired_rows(rows))
     prefix = "" if options.setting == "cifar10" else f"{options.setting}_"
     (options.out / f"{prefix}table.md").write_text(table + "\n")
+    (options.out / f"{prefix}paired.md").write_text(paired + "\n")
     (options.out / f"{prefix}results.json").write_text(json.dumps(rows, indent=2) + "\n")
     figures = [
         reconstruction_figure(rows, s, options.out / f"{prefix}reconstructions_{s}.png", data=options.data)
         for s in options.splits
     ]
     plot = psnr_plot(rows, options.out / f"{prefix}psnr_vs_split.png", spec.split_points)
-    print("\n" + table + "\n")
+    print("\n" + table + "\n\nPaired per target against the paper's PFO:\n\n" + paired + "\n")
     print(f"command: python bench/benchmark.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-    written = [options.out / f"{prefix}table.md", options.out / f"{prefix}results.json", *filter(None, figures), plot]
+    written = [
+        options.out / f"{prefix}table.md",
+        options.out / f"{prefix}paired.md",
+        options.out / f"{prefix}results.json",
+        *filter(None, figures),
+        plot,
+    ]
     print("written: " + ", ".join(str(w) for w in written if w))
 
 

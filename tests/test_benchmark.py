@@ -208,7 +208,7 @@ def test_the_settings_name_their_split_points_priors_and_data(capsys):
     assert {c.prior for c in cells if c.attack == "pfo"} == {"lfw", "digiface"}
     assert [c.depth for c in cells if c.attack == "rmle" and not c.noise] == [3, 4, 5]
     for setting in benchmark.SETTINGS.values():  # every config a setting names is shipped
-        for config in [setting.victim_config, setting.decoder_config, *setting.priors.values()]:
+        for config in [setting.victim_config, setting.decoder_config, setting.encoder_config, *setting.priors.values()]:
             assert config.startswith(benchmark.NAMED) or (benchmark.REPO / config).is_file(), config
     with pytest.raises(SystemExit):
         benchmark.main(["--setting", "faces", "--splits", "blocks.3"])
@@ -261,3 +261,75 @@ def test_the_untrained_prior_has_the_architecture_and_fresh_weights(tmp_path):
         assert not torch.equal(a, b), name
     again = untrained_prior.untrained_like(trained, seed=0)
     assert all(torch.equal(x, y) for x, y in zip(again.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path, plain_argv):
+    """Issue 16's ablation: PFOExtended with one extension at a time and all of them, each row with the paper's
+    PFO's step budget, its encoder trained on the public split, a radius rule only from a calibration file, and
+    every row paired target by target against the paper's PFO."""
+    rule = tmp_path / "radius_rule.yaml"
+    rule.write_text("radius_rule:\n  layer1: {feature_radius: 0.05, pixel_radius: 0.01}\n")
+    victim, prior, options = tiny_benchmark(
+        tmp_path,
+        attacks=["pfo", "pfo_pixel", "pfo_encoder", "pfo_all"],
+        noise=0.0,
+        encoder_overrides=[
+            "--data",
+            SYNTHETIC_PUBLIC,
+            "--trainer.limit_train_batches",
+            "2",
+            "--model.init_args.width",
+            "8",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+    )
+    with pytest.raises(ValueError, match="bench/calibrate_radius.py"):
+        benchmark.extension_overrides(options, "pfo_radius", None)
+    options.radius_rule = benchmark.load_radius_rule(rule, benchmark.argparse.ArgumentParser())
+    rows = benchmark.run(options, victim, prior)
+    assert [r["attack"] for r in rows] == ["PFO", "PFO+pixel", "PFO+encoder", "PFO+all"]
+    expected = {
+        "PFO": (False, "random", None),
+        "PFO+pixel": (True, "random", None),
+        "PFO+encoder": (False, "both", None),
+        "PFO+all": (True, "both", {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}),
+    }
+    for r in rows:
+        config = yaml.safe_load((Path(r["summary"]["folder"]) / "config.yaml").read_text())["model"]
+        args = config["init_args"]
+        assert sum(args["steps"]) == options.steps  # the same per-target budget as the paper's row
+        if r["attack"] == "PFO":
+            assert config["class_path"] == "pfo.attacks.PFO"
+            continue
+        assert config["class_path"] == "pfo.attacks.PFOExtended"
+        assert (args["pixel_stage"], args["init"], args["radius_rule"]) == expected[r["attack"]]
+        assert (args["encoder"] is not None) == (args["init"] == "both")
+        if args["pixel_stage"]:
+            assert len(args["steps"]) == 5 and args["lr"][-1] == benchmark.PIXEL_LR
+    encoders = list(options.cache.glob("encoder_cifar10_layer1_noise0_*/encoder.pt"))
+    assert len(encoders) == 1  # one encoder per split point, defense and prior, shared by the rows that use it
+    paired = benchmark.paired_rows(rows)
+    assert [p["attack"] for p in paired] == ["PFO+pixel", "PFO+encoder", "PFO+all"]
+    reference = rows[0]["summary"]["metrics"]["psnr"]["mean"]
+    for p, r in zip(paired, rows[1:]):  # the same targets: the mean difference is the difference of the means
+        assert p["targets"] == 3 and p["row_ahead"] + p["reference_ahead"] <= 3
+        assert p["psnr_mean"] == pytest.approx(r["summary"]["metrics"]["psnr"]["mean"] - reference, abs=1e-4)
+    assert "| none | layer1 | cifar10 | PFO+all |" in benchmark.paired_table(paired)
+    # another radius rule renames only the rows that read it
+    keys = benchmark.run_keys(options, Path(victim), {"cifar10": Path(prior["cifar10"])})
+    before = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
+    options.radius_rule = {"layer1": 0.2}
+    after = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
+    assert {a for a in before if before[a] != after[a]} == {"pfo_all"}
+
+
+def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "rule.yaml"
+    bad.write_text("radius_rule:\n  layer2: {feature_radius: -1}\n")
+    with pytest.raises(SystemExit):
+        benchmark.main(["--attacks", "pfo_all", "--radius_rule", str(bad)])
+    assert "--radius_rule" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.main(["--attacks", "pfo_radius"])
+    assert "need --radius_rule" in capsys.readouterr().err
