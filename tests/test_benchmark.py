@@ -23,6 +23,9 @@ SYNTHETIC_PUBLIC = json.dumps(
         "init_args": {"resolution": 16, "train_split": "public", "val_split": None, "batch_size": 16},
     }
 )
+# the inverse network's decoder and PFOExtended's encoder at tiny size, on synthetic public images
+TINY_TRAINING = ["--data", SYNTHETIC_PUBLIC, "--trainer.limit_train_batches", "2", "--model.init_args.width", "8"]
+TINY_TRAINING += ["--trainer.enable_progress_bar", "false"]
 
 
 def test_step_budget_is_shared():
@@ -57,16 +60,7 @@ def tiny_benchmark(tmp_path, **changes) -> tuple[str, dict[str, str], benchmark.
         splits=["layer1"],
         priors=["cifar10"],
         noise=0.1,
-        decoder_overrides=[
-            "--data",
-            SYNTHETIC_PUBLIC,
-            "--trainer.limit_train_batches",
-            "2",
-            "--model.init_args.width",
-            "8",
-            "--trainer.enable_progress_bar",
-            "false",
-        ],
+        decoder_overrides=TINY_TRAINING,
         extra_attack_overrides=["--data.data", SYNTHETIC],
         utility_data=json.loads(SYNTHETIC),
         utility_images=8,
@@ -273,16 +267,7 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
         tmp_path,
         attacks=["pfo", "pfo_pixel", "pfo_encoder", "pfo_all"],
         noise=0.0,
-        encoder_overrides=[
-            "--data",
-            SYNTHETIC_PUBLIC,
-            "--trainer.limit_train_batches",
-            "2",
-            "--model.init_args.width",
-            "8",
-            "--trainer.enable_progress_bar",
-            "false",
-        ],
+        encoder_overrides=TINY_TRAINING,
     )
     with pytest.raises(ValueError, match="bench/calibrate_radius.py"):
         benchmark.extension_overrides(options, "pfo_radius", None)
