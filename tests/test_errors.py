@@ -378,12 +378,23 @@ def test_8_an_unwritable_log_folder_is_one_line_naming_the_option(files, tmp_pat
 # ----- item 10: every attack option has a type and a description -----------------------------------------------
 
 
-@pytest.mark.parametrize("attack_class", ["pfo.attacks.RMLE", "pfo.attacks.LM"])
+@pytest.mark.parametrize(
+    "attack_class",
+    [
+        "pfo.attacks.RMLE",
+        "pfo.attacks.LM",
+        "pfo.attacks.PFO",
+        "pfo.attacks.GLASS",
+        "pfo.attacks.PFOExtended",
+        "pfo.attacks.InverseNetwork",
+    ],
+)
 def test_10_the_victim_option_has_a_type_and_help(capsys, attack_class):
     with pytest.raises(SystemExit) as exit_:
         attack.cli_main(["--model.help", attack_class])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     text = text[text.index("Help for") :]  # past the usage line, which lists every option
-    entry = text[text.index("--model.victim VICTIM") :][:300]
+    entry = text[text.index("--model.victim VICTIM") :]
+    entry = entry[: entry.index(" --model.", 1)]  # up to the next option
     assert "Untyped" not in entry and "the victim file" in entry and "type: str | Path" in entry

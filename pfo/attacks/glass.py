@@ -5,6 +5,8 @@ intermediate features."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pfo.attacks.base import Reconstruction
@@ -18,8 +20,8 @@ class GLASS(GANInversionAttack):
 
     def __init__(
         self,
-        victim,
-        generator,
+        victim: str | Path | dict,
+        generator: str | Path,
         *,
         n_init: int = 64,
         init_chunk: int = 64,
@@ -33,6 +35,10 @@ class GLASS(GANInversionAttack):
     ) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
+            generator: the prior: a named prior (``digiface-dcgan64``), a generator file (``train.py fit`` of a GAN
+                config exports one; rosinality, NVlabs and DCGAN files load too); from Python, a generator or Prior.
             n_init: random latents scored per target (forward passes only).
             init_chunk: candidates rendered at once while scoring.
             candidates: best-scoring latents per target that get the short optimisation (in W, or z, jointly).

@@ -138,9 +138,11 @@ def load_decoder(path: str | os.PathLike) -> tuple[FeatureDecoder, dict]:
 class InverseNetwork(ReconstructionAttack):
     """The attack: one decoder forward pass per target."""
 
-    def __init__(self, victim, *, decoder: str, **kwargs) -> None:
+    def __init__(self, victim: str | Path | dict, *, decoder: str, **kwargs) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
             decoder: the decoder file written by ``train.py fit --config configs/in_*.yaml`` for the same victim,
                 split point and defense.
         """

@@ -20,6 +20,7 @@ with that interface is a prior. Every option is checked when the attack is built
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -79,7 +80,7 @@ class GANInversionAttack(OptimizationAttack):
 
     def __init__(
         self,
-        victim,
+        victim: str | Path | dict,
         generator: str | Generator | DCGANGenerator | Prior,
         *,
         truncation: float = 0.7,
@@ -93,6 +94,8 @@ class GANInversionAttack(OptimizationAttack):
     ) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
             generator: the prior: a named prior (``digiface-dcgan64``: see pfo.models.named_priors), a pfo
                 generator file (``train.py fit`` of a GAN config exports one), a rosinality ``.pt``, an NVlabs
                 ``.pkl`` or a DCGAN ``netG_state_dict`` file.
@@ -188,8 +191,8 @@ class PFO(GANInversionAttack):
 
     def __init__(
         self,
-        victim,
-        generator,
+        victim: str | Path | dict,
+        generator: str | Path,
         *,
         steps: list[int] = (200, 100, 100, 100),
         lr: float | list[float] = 0.05,
@@ -205,6 +208,10 @@ class PFO(GANInversionAttack):
     ) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
+            generator: the prior: a named prior (``digiface-dcgan64``), a generator file (``train.py fit`` of a GAN
+                config exports one; rosinality, NVlabs and DCGAN files load too); from Python, a generator or Prior.
             steps: optimisation steps per stage: stage 0 (the latent: W+ or z), then stage k = 1..K on the state
                 entering block k (K = len(steps) - 1, at most the generator's number of blocks - 1).
             lr: Adam learning rate, one for all stages or one per stage (len(steps) values).

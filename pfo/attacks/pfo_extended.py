@@ -23,6 +23,7 @@ mode), the pixel ball and the stage choice are per sample.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -79,8 +80,8 @@ class PFOExtended(PFO):
 
     def __init__(
         self,
-        victim,
-        generator,
+        victim: str | Path | dict,
+        generator: str | Path,
         *,
         steps: list[int] = (200, 100, 100, 100),
         lr: float | list[float] = 0.05,
@@ -93,6 +94,10 @@ class PFOExtended(PFO):
     ) -> None:
         """
         Args:
+            victim: the victim file (``train.py fit`` of a victim config writes one), or a network given inline
+                (``{class_path: pfo.models.TorchvisionModel, init_args: {...}}``); from Python, a SplitModel too.
+            generator: the prior: a named prior (``digiface-dcgan64``), a generator file (``train.py fit`` of a GAN
+                config exports one; rosinality, NVlabs and DCGAN files load too); from Python, a generator or Prior.
             steps: optimisation steps per stage, as PFO's; with ``pixel_stage`` the LAST entry is the pixel
                 stage's, so the per-target budget is always ``sum(steps)``.
             lr: Adam learning rate, one for all stages or one per entry of ``steps`` (the pixel stage's last).
