@@ -305,7 +305,7 @@ def prior_argument(prior: Path | str) -> str:
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's contents: the identity of a victim or prior file, whatever its path."""
-    from pfo.attacks.fingerprint import file_digest as digest  # remembered per path, size and mtime
+    from pfo.artifacts import file_digest as digest  # remembered per path, size and mtime
 
     return digest(path)
 

@@ -7,6 +7,7 @@ the weights, and metadata; never the training hyperparameters.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import pickle
@@ -18,6 +19,24 @@ import torch
 
 FORMAT = "pfo"
 VERSION = 1
+
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content: the identity of a victim, prior, encoder or decoder file whatever its path
+    (remembered per path, size and modification time within a process)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key]
 
 
 class ArtifactError(ValueError):

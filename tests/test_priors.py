@@ -355,10 +355,11 @@ def digiface_cache(tmp_path, monkeypatch) -> Path:
 
 
 def test_the_named_digiface_prior_loads_by_name_and_by_path(digiface_cache, tmp_path):
+    from pfo.artifacts import file_digest
     from pfo.models.generator_file import load_prior_networks
-    from pfo.models.named_priors import load_named_prior, sha256_of
+    from pfo.models.named_priors import load_named_prior
 
-    assert sha256_of(DIGIFACE) == NAMED_PRIORS[NAME].sha256  # the registry names the published file
+    assert file_digest(DIGIFACE) == NAMED_PRIORS[NAME].sha256  # the registry names the published file
     by_name = load_prior(NAME)
     by_path = load_prior(str(DIGIFACE))
     explicit = load_named_prior(NAME, cache_dir=digiface_cache)

@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from pfo.artifacts import file_digest
+
 FINGERPRINT_FILE = "fingerprint.json"
 FORMAT = 1
 
@@ -75,23 +77,6 @@ def module_digest(module: nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's content (remembered per path, size and modification time within a process)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _FILE_DIGESTS[key] = digest.hexdigest()
-    return _FILE_DIGESTS[key]
 
 
 def class_name(obj: Any) -> str:

@@ -12,14 +12,13 @@ that happens to carry that name is reached with a path (``./digiface-dcgan64``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pfo.artifacts import ArtifactError
+from pfo.artifacts import ArtifactError, file_digest
 
 CACHE_ENV = "PFO_PRIOR_CACHE"
 
@@ -87,14 +86,6 @@ def _registered(name: str) -> NamedPrior:
     return NAMED_PRIORS[name]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def named_prior_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The verified file of the named prior in the cache folder (see the module docstring for which folder).
 
@@ -110,7 +101,7 @@ def named_prior_path(name: str, cache_dir: str | os.PathLike | None = None) -> P
         raise FileNotFoundError(
             f"the named prior {name!r} is not in the cache ({path} is missing); fetch it with: {command}{hint}"
         )
-    digest = sha256_of(path)
+    digest = file_digest(path)
     if digest == prior.sha256:
         return path
     if not _intact_zip(path):
