@@ -541,3 +541,17 @@ def test_a_head_given_inline_in_yaml_keeps_its_class_path(tmp_path, plain_argv):
     head = AttackCLI(args=["--config", str(write_config(tmp_path, config))], run=False).model.victim
     assert isinstance(head, Head) and isinstance(head.net["head"], PhoneHead)
     assert load_victim(save_victim(head, tmp_path / "victim.pt")).config["init_args"]["module"] == HEAD_SPEC
+
+
+def test_accuracy_under_a_defense_needs_the_servers_part():
+    """A head alone has no tail to score: the accuracy is refused with the fix, not a TypeError from deep inside;
+    with the user's tail it is the plain accuracy of the whole network."""
+    from pfo.attacks import GaussianNoise, accuracy_under_defense
+
+    images = torch.rand(6, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    batches = [{"image": images, "label": torch.tensor([0, 1, 2, 3, 0, 1]), "index": torch.arange(6)}]
+    with pytest.raises(ValueError, match="needs the server's part of the victim"):
+        accuracy_under_defense(phone_head(), GaussianNoise(0.1), batches)
+    whole = phone_head(tail=PhoneTail())
+    expected = (whole.tail(whole.forward_head(images)).argmax(1) == batches[0]["label"]).float().mean().item()
+    assert accuracy_under_defense(whole, None, batches) == pytest.approx(expected)

@@ -38,7 +38,7 @@ from pfo.attacks.fingerprint import (
 from pfo.attacks.outputs import AttackOutputs, FolderSnapshot, RunLock
 from pfo.attacks.strategy import IndependentProcesses
 from pfo.metrics import ReconstructionMetrics, feature_distance, is_collapsed, top1_correct
-from pfo.models.split import SplitModel
+from pfo.models.split import SplitModel, has_tail
 from pfo.models.victim_file import load_victim
 
 
@@ -133,14 +133,6 @@ class _RunFolderRelease(L.Callback):
 LABEL_METRICS = ("top1", "utility_top1")
 NO_TAIL = "the victim has no tail (the server's part is unknown), so nothing scores its predictions"
 NO_LABELS = "the targets carry no labels"
-
-
-def has_tail(victim: nn.Module) -> bool:
-    """Whether the victim has a server part whose predictions can be scored."""
-    tail = getattr(victim, "tail", None)
-    if tail is None or isinstance(tail, nn.Identity):
-        return False
-    return not (isinstance(tail, nn.Sequential) and len(tail) == 0)
 
 
 def _some(names: list[str], shown: int = 3) -> str:

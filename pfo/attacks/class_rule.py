@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from pfo.data.splits import unit_hash
+from pfo.models.split import has_tail
 
 RULES = ("auto", "victim", "search")
 ClassRuleName = Literal["auto", "victim", "search"]
@@ -68,11 +69,6 @@ def one_hot(classes: Tensor, c_dim: int, dtype: torch.dtype = torch.float32) -> 
 def class_search_seed(seed: int, index: int) -> int:
     """The seed of one target's class-search latents, from (run seed, target index)."""
     return int(unit_hash(f"pfo-class-search-{seed}", str(int(index))) * 2**62)
-
-
-def has_tail(victim) -> bool:
-    """Whether the split leaves the server a tail that predicts a class."""
-    return len(getattr(victim, "tail", ())) > 0
 
 
 def _num_classes(victim) -> int:

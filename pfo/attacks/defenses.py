@@ -14,6 +14,7 @@ from torch import nn
 
 from pfo.attacks.options import check_count, check_number
 from pfo.attacks.targets import target_generators
+from pfo.models.split import has_tail
 
 # Offsets the run seed for the defense's draws, so they never coincide with the attack's own per-target draws.
 DEFENSE_SEED_OFFSET = 1_000_003
@@ -158,6 +159,11 @@ def accuracy_under_defense(victim: nn.Module, defense: Defense | None, batches: 
     ``label`` and ``index`` (a data module's loader). Each sample's noise is drawn as an attack run with the same
     ``seed`` draws it for the same index, so this is the accuracy under the very features the attacker sees.
     """
+    if not has_tail(victim):
+        raise ValueError(
+            "accuracy_under_defense needs the server's part of the victim (its tail) to score predictions; this "
+            "victim has none (a head given alone, or a split after the last layer): give the whole network"
+        )
     victim.eval()
     correct = total = 0
     for batch in batches:

@@ -122,3 +122,12 @@ class SplitModel(nn.Module):
         cls = type(self)
         self.config = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
         self.config["init_args"]["split_point"] = self._split_point
+
+
+def has_tail(victim: nn.Module) -> bool:
+    """Whether the split leaves the server a part (the tail) whose predictions can be scored: a victim given only as
+    its head (``pfo.models.Head``), or cut after its last layer, has none."""
+    tail = getattr(victim, "tail", None)
+    if tail is None or isinstance(tail, nn.Identity):
+        return False
+    return not (isinstance(tail, nn.Sequential) and len(tail) == 0)
