@@ -21,11 +21,14 @@ demo: setup  ## victim -> prior -> PFO, GLASS and rMLE on 8 CIFAR-10 images (~6 
 # One thread per process: the reproducibility tests compare runs bitwise, and CPU kernels round differently with
 # another thread count (Lightning also gives each of N CPU processes cores/N threads, so a 1-process and a
 # 2-process run would otherwise differ in rounding, not in what they compute).
+# One worker process per core (pytest-xdist); a file's tests stay in one worker, in order, sharing its fixtures.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+
 test: setup  ## the whole test suite (what CI runs)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not slurm"
+	$(PYTEST) -m "not slow and not slurm"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
