@@ -66,7 +66,7 @@ ATTACKS = {
     "pfo_encoder": AttackSpec("PFO+encoder", EXTENDED, uses_prior=True, extensions=("encoder",)),
     "pfo_all": AttackSpec("PFO+all", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "encoder")),
 }
-PIXEL_LR = 0.01  # the pixel stage's learning rate (configs/pfo_extended_resnet.yaml's); the block stages keep 0.05
+BLOCK_LR, PIXEL_LR = 0.05, 0.01  # PFO's learning rate, and the pixel stage's (configs/pfo_extended_resnet.yaml's)
 CIFAR10_DATA = {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
 CIFAR10_PRIORS = {"cifar10": "configs/gan_cifar10.yaml", "tinyimagenet": "configs/gan_tinyimagenet.yaml"}
 NAMED = "named:"  # a prior value naming a pretrained prior (pfo.models.load_prior resolves it) instead of a config
@@ -136,9 +136,9 @@ def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
         if "pixel" in ATTACKS[attack].extensions:
             pixel = stages[-1] // 2
             stages = [*stages[:-1], stages[-1] - pixel, pixel]
-            lr = ["--model.init_args.lr", json.dumps([0.05] * (len(stages) - 1) + [PIXEL_LR])]
+            lr = ["--model.init_args.lr", json.dumps([BLOCK_LR] * (len(stages) - 1) + [PIXEL_LR])]
         elif attack != "pfo":
-            lr = ["--model.init_args.lr", "0.05"]
+            lr = ["--model.init_args.lr", str(BLOCK_LR)]
         return [
             "--model.init_args.steps",
             json.dumps(stages),
@@ -531,15 +531,15 @@ def paired_rows(rows: list[dict], reference: str = "PFO") -> list[dict]:
     per prior. ``difference`` is row - PFO in PSNR (dB): positive where the row is better."""
     import statistics
 
-    references = {(r["defense"], r["split"], r["prior"]): r for r in rows if r["attack"] == reference}
+    targets = [per_target(r["summary"]) for r in rows]  # each run's metrics.csv read once
+    references = {(r["defense"], r["split"], r["prior"]): t for r, t in zip(rows, targets) if r["attack"] == reference}
     paired = []
-    for r in rows:
+    for r, mine in zip(rows, targets):
         if r["attack"] == reference:
             continue
-        for (defense, split, prior), ref in references.items():
+        for (defense, split, prior), theirs in references.items():
             if (defense, split) != (r["defense"], r["split"]) or r["prior"] not in ("-", prior):
                 continue
-            mine, theirs = per_target(r["summary"]), per_target(ref["summary"])
             common = sorted(set(mine) & set(theirs))
             if not common:
                 continue
