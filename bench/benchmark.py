@@ -1,4 +1,4 @@
-"""The benchmark (GUIDE section 8): every attack x split point x prior, with and without a noise defense, in one of
+r"""The benchmark (GUIDE section 8): every attack x split point x prior, with and without a noise defense, in one of
 three settings (one protocol, a setting argument):
 
 - ``cifar10`` (default): the CIFAR-10 ResNet-18 (CIFAR stem) at ``conv1`` ... ``layer4``; priors trained on the

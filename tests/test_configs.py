@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -493,6 +494,38 @@ def test_config_runs_at_tiny_size(config_path, session):
 
         _, meta = load_decoder(folder / (export or "decoder.pt"))
         assert meta["split_point"] == config["model"]["init_args"].get("split_point", meta["split_point"])
+
+
+def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tmp_path, monkeypatch):
+    """``bench/calibrate_radius.py`` (the README's calibration) on ``configs/pfo_extended_resnet.yaml`` at tiny
+    size: radii write the rule PFOExtended reads; schedules of one budget write a choice and no rule."""
+    spec = importlib.util.spec_from_file_location("calibrate_radius", REPO / "bench" / "calibrate_radius.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = shrink(REPO / "configs" / "pfo_extended_resnet.yaml", session)
+    path = tmp_path / "pfo_extended_resnet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    split_point = config["model"]["init_args"]["split_point"]
+    steps = config["model"]["init_args"]["steps"]
+    monkeypatch.chdir(session.root)
+    common = ["--config", str(path), "--split_points", split_point, "--count", "2", "--batch_size", "2"]
+
+    script.main(common + ["--grid", "0.03", "null", "--out", str(tmp_path / "radius")])
+    rule = yaml.safe_load((tmp_path / "radius" / "radius_rule.yaml").read_text())["radius_rule"]
+    assert list(rule) == [split_point] and rule[split_point]["feature_radius"] in (0.03, None)
+    assert "feature_radius at" in (tmp_path / "radius" / "calibration.md").read_text()
+
+    # The same budget spent elsewhere (the config gives each stage its learning rate, so the stages stay).
+    other = [steps[0] + steps[2], steps[1], 0, *steps[3:]]
+    grid = [json.dumps(steps), json.dumps(other)]
+    script.main(common + ["--option", "steps", "--grid", *grid, "--out", str(tmp_path / "schedule")])
+    chosen = json.loads((tmp_path / "schedule" / "calibration.json").read_text())["results"][0]
+    assert chosen["option"] == "steps" and chosen["best"] in (steps, other)
+    assert [row["value"] for row in chosen["rows"]] == [steps, other]
+    assert not (tmp_path / "schedule" / "radius_rule.yaml").exists()
+
+    with pytest.raises(SystemExit):  # schedules of two budgets: refused before any attack runs
+        script.main(common + ["--option", "steps", "--grid", json.dumps(steps), json.dumps(steps + [1])])
 
 
 def test_the_shipped_configs_are_all_collected():

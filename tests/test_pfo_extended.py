@@ -235,6 +235,38 @@ def test_calibration_keeps_the_grid_value_with_the_best_public_psnr():
     assert extended(**snippet).split_rule == {"feature_radius": result.best}
 
 
+def test_the_schedule_is_calibrated_like_a_radius_within_one_budget():
+    """``option="steps"``: which blocks PFO frees is chosen on public images, every schedule spending the same
+    steps; the choice is no part of the radius rule (it goes into the config's ``steps``)."""
+    data = PublicOnly(resolution=RES, sizes={"public": 12})
+    grid = [[6, 3, 3], [6, 6], [12]]  # free two blocks, one, none: 12 steps each
+
+    def attack_with(steps):
+        return extended(steps=steps, n_init=2, init_chunk=2)
+
+    result = calibrate_radius(attack_with, data, grid, split_point="layer1", option="steps", count=2, batch_size=2)
+
+    assert [row["value"] for row in result.rows] == grid
+    public = data.dataset("public")
+    images = torch.stack([public[i]["image"] for i in result.indices])
+    index = torch.tensor(result.indices)
+    means = []
+    for steps in grid:
+        attack = attack_with(steps)
+        with torch.enable_grad():
+            means.append(float(psnr(attack.reconstruct(attack.client_features(images, index), index).images,
+                                    images).double().mean()))  # fmt: skip
+    assert [row["psnr_mean"] for row in result.rows] == pytest.approx(means, abs=1e-4)
+    assert max(means) - min(means) > 0.1, f"the schedules hardly differ, so the choice shows nothing: {means}"
+    assert result.best == grid[max(range(len(grid)), key=means.__getitem__)]
+    assert rule_yaml([result]) == ""
+
+    with pytest.raises(ValueError, match=r"spend \[12, 13\] steps.*one budget"):
+        calibrate_radius(attack_with, data, [[6, 6], [6, 3, 4]], split_point="layer1", option="steps")
+    with pytest.raises(ValueError, match="must be one of"):
+        calibrate_radius(attack_with, data, [0.1], split_point="layer1", option="n_init")
+
+
 # ----- 3. the learned start ----------------------------------------------------------------------------------------
 
 

@@ -1,10 +1,15 @@
-"""Choose PFO's l1 radii for a split point on the attacker's PUBLIC images (issue 16, ``radius_rule``).
+"""Choose PFO's l1 radii (or its stage schedule) for a split point on the attacker's PUBLIC images (issue 16).
 
 A radius that fits one split point is wrong at another (at ``layer4`` 0.03 per element beat 0.1; at shallow splits
 a wide ball lets the features speak). The attacker may tune it, but only on data it has: the public split, never
 the targets. :func:`calibrate_radius` runs the attack, as configured, on ``count`` public images (spread over the
 split, each seeded by its index as a target is) once per value of a grid, and keeps the value with the best mean
 PSNR; :func:`rule_yaml` writes the choices as the ``radius_rule`` of ``pfo.attacks.PFOExtended``.
+
+The schedule is calibrated the same way (``option="steps"``): which generator blocks PFO frees matters (at 64 px
+``[200, 100, 100, 100]`` never frees the last block, ``[200, 75, 75, 75, 75]`` does), and the attacker can only
+judge that on public images too. Every schedule of a grid must spend the same steps, so the choice never buys
+budget; the chosen one goes into the attack config's ``steps``.
 ``bench/calibrate_radius.py`` is the command-line entry point.
 
 The calibration refuses any split but ``public`` before it reads an image (``pfo.threat_model``);
@@ -31,10 +36,10 @@ class RadiusCalibration:
     """One split point's calibration: a row per grid value, and the value chosen."""
 
     split_point: str
-    option: str  # feature_radius, image_radius or pixel_radius
+    option: str  # feature_radius, image_radius, pixel_radius or steps
     indices: list[int]  # the public images used (positions in the public split)
     rows: list[dict] = field(default_factory=list)  # value, psnr_mean, psnr_median, psnr_std, feature_loss, seconds
-    best: float | None = None
+    best: float | list[int] | None = None
 
     def table(self) -> str:
         """The rows as a Markdown table, the chosen value marked."""
@@ -54,6 +59,31 @@ class RadiusCalibration:
         return "\n".join(lines)
 
 
+CALIBRATED_OPTIONS = (*RULE_OPTIONS, "steps")
+
+
+def check_grid(option: str, grid: Sequence) -> None:
+    """A grid of radii (numbers or null), or of schedules that all spend the same number of steps."""
+    if option not in CALIBRATED_OPTIONS:
+        raise ValueError(f"`option` {option!r} must be one of {', '.join(CALIBRATED_OPTIONS)}")
+    if not grid:
+        raise ValueError("`grid` is empty; give the values to try")
+    if option != "steps":
+        for value in grid:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"a {option} grid holds numbers or null, got {value!r}")
+        return
+    for value in grid:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+            raise ValueError(f"a steps grid holds schedules such as [200, 100, 100, 100], got {value!r}")
+    budgets = {sum(value) for value in grid}
+    if len(budgets) > 1:
+        raise ValueError(
+            f"the schedules {[list(v) for v in grid]} spend {sorted(budgets)} steps; calibrate schedules of one budget "
+            "so that the choice is about where the steps go, not how many there are"
+        )
+
+
 def require_public(split: str, allow: bool) -> None:
     """Refuse a calibration on anything but the attacker's public data."""
     if split != PUBLIC and not allow:
@@ -65,9 +95,9 @@ def require_public(split: str, allow: bool) -> None:
 
 
 def calibrate_radius(
-    make_attack: Callable[[float | None], ReconstructionAttack],
+    make_attack: Callable[[float | list[int] | None], ReconstructionAttack],
     data,
-    grid: Sequence[float | None],
+    grid: Sequence[float | Sequence[int] | None],
     *,
     split_point: str,
     option: str = "feature_radius",
@@ -82,19 +112,18 @@ def calibrate_radius(
     Args:
         make_attack: builds the attack with ``option`` set to ``value`` at ``split_point``.
         data: a pfo data module (anything whose ``dataset(split)`` serves ``{"image", "index"}`` items).
-        grid: the values to try (null: no constraint).
+        grid: the values to try (null: no constraint), or for ``steps`` schedules of one total budget.
         split_point: the split point the attacks cut the victim at (recorded; ``make_attack`` sets it).
-        option: the radius calibrated: ``feature_radius``, ``image_radius`` or ``pixel_radius``.
+        option: what is calibrated: ``feature_radius``, ``image_radius``, ``pixel_radius`` or ``steps``.
         count: public images, spread over the split.
         batch_size: images attacked at once (results are per image; the batch size only sets the speed).
         split: ``public``; any other split is refused unless ``allow_nonpublic_training``.
         allow_nonpublic_training: calibrate on another split on purpose (an ablation that breaks the threat model).
     """
     require_public(split, allow_nonpublic_training)
-    if option not in RULE_OPTIONS:
-        raise ValueError(f"`option` {option!r} must be one of {', '.join(RULE_OPTIONS)}")
-    if not grid:
-        raise ValueError("`grid` is empty; give the radii to try")
+    check_grid(option, grid)
+    if option == "steps":
+        grid = [[int(s) for s in value] for value in grid]
     dataset = data.dataset(split)
     indices = spread_indices(len(dataset), count)
     items = [dataset[i] for i in indices]
@@ -130,10 +159,14 @@ def calibrate_radius(
 
 
 def rule_yaml(calibrations: Sequence[RadiusCalibration]) -> str:
-    """The chosen values as a ``radius_rule`` snippet for ``pfo.attacks.PFOExtended``'s ``init_args``."""
+    """The chosen radii as a ``radius_rule`` snippet for ``pfo.attacks.PFOExtended``'s ``init_args`` (a chosen
+    schedule is no part of the rule: it goes into the config's ``steps``)."""
     rule: dict[str, dict[str, float | None]] = {}
     for c in calibrations:
-        rule.setdefault(c.split_point, {})[c.option] = c.best
+        if c.option in RULE_OPTIONS:
+            rule.setdefault(c.split_point, {})[c.option] = c.best
+    if not rule:
+        return ""
     lines = ["radius_rule:"]
     for split_point, entry in rule.items():
         values = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in entry.items())
