@@ -21,6 +21,7 @@ A config these rules cannot shrink FAILS, naming the table to extend: ``NETWORKS
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import importlib
@@ -30,7 +31,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -430,22 +431,33 @@ def run_config(config_path: Path, session: Session) -> Path:
     folder.mkdir(exist_ok=True)
     path = folder / config_path.name
     path.write_text(yaml.safe_dump(config))
+    with process_state_restored(session.root, [config_path.name]):
+        try:
+            if stage_of(config) == "attack":
+                cli = attack.cli_main(["--config", str(path)])
+            else:
+                cli = train.cli_main(["fit", "--config", str(path)])
+            return Path(cli.trainer.log_dir).resolve()
+        except SystemExit as exit_:
+            raise AssertionError(
+                f"{config_path.name} at tiny size exited with {exit_.code} (its error is above)"
+            ) from None
+
+
+@contextlib.contextmanager
+def process_state_restored(cwd: Path, argv: list[str]) -> Iterator[None]:
+    """Run in ``cwd`` with ``sys.argv`` ``argv``, then restore what Lightning changes in the process (environment
+    variables, signal handlers) and the working directory."""
     environ = dict(os.environ)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    argv, cwd = sys.argv, os.getcwd()
-    sys.argv = [config_path.name]
-    os.chdir(session.root)
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    sys.argv = argv
+    os.chdir(cwd)
     try:
-        if stage_of(config) == "attack":
-            cli = attack.cli_main(["--config", str(path)])
-        else:
-            cli = train.cli_main(["fit", "--config", str(path)])
-        return Path(cli.trainer.log_dir).resolve()
-    except SystemExit as exit_:
-        raise AssertionError(f"{config_path.name} at tiny size exited with {exit_.code} (its error is above)") from None
+        yield
     finally:
-        sys.argv = argv
-        os.chdir(cwd)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(environ)
         for s, handler in handlers.items():
@@ -496,7 +508,7 @@ def test_config_runs_at_tiny_size(config_path, session):
         assert meta["split_point"] == config["model"]["init_args"].get("split_point", meta["split_point"])
 
 
-def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tmp_path, monkeypatch):
+def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tmp_path):
     """``bench/calibrate_radius.py`` (the README's calibration) on ``configs/pfo_extended_resnet.yaml`` at tiny
     size: radii write the rule PFOExtended reads; schedules of one budget write a choice and no rule."""
     spec = importlib.util.spec_from_file_location("calibrate_radius", REPO / "bench" / "calibrate_radius.py")
@@ -507,10 +519,13 @@ def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tm
     path.write_text(yaml.safe_dump(config))
     split_point = config["model"]["init_args"]["split_point"]
     steps = config["model"]["init_args"]["steps"]
-    monkeypatch.chdir(session.root)
     common = ["--config", str(path), "--split_points", split_point, "--count", "2", "--batch_size", "2"]
 
-    script.main(common + ["--grid", "0.03", "null", "--out", str(tmp_path / "radius")])
+    def calibrate(*options: str) -> None:
+        with process_state_restored(session.root, ["calibrate_radius.py"]):
+            script.main(common + list(options))
+
+    calibrate("--grid", "0.03", "null", "--out", str(tmp_path / "radius"))
     rule = yaml.safe_load((tmp_path / "radius" / "radius_rule.yaml").read_text())["radius_rule"]
     assert list(rule) == [split_point] and rule[split_point]["feature_radius"] in (0.03, None)
     assert "feature_radius at" in (tmp_path / "radius" / "calibration.md").read_text()
@@ -518,14 +533,14 @@ def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tm
     # The same budget spent elsewhere (the config gives each stage its learning rate, so the stages stay).
     other = [steps[0] + steps[2], steps[1], 0, *steps[3:]]
     grid = [json.dumps(steps), json.dumps(other)]
-    script.main(common + ["--option", "steps", "--grid", *grid, "--out", str(tmp_path / "schedule")])
+    calibrate("--option", "steps", "--grid", *grid, "--out", str(tmp_path / "schedule"))
     chosen = json.loads((tmp_path / "schedule" / "calibration.json").read_text())["results"][0]
     assert chosen["option"] == "steps" and chosen["best"] in (steps, other)
     assert [row["value"] for row in chosen["rows"]] == [steps, other]
     assert not (tmp_path / "schedule" / "radius_rule.yaml").exists()
 
     with pytest.raises(SystemExit):  # schedules of two budgets: refused before any attack runs
-        script.main(common + ["--option", "steps", "--grid", json.dumps(steps), json.dumps(steps + [1])])
+        calibrate("--option", "steps", "--grid", json.dumps(steps), json.dumps(steps + [1]))
 
 
 def test_the_shipped_configs_are_all_collected():
