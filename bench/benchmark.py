@@ -124,18 +124,26 @@ SETTINGS = {
 }
 
 
+def pfo_stages(attack: str, steps: int) -> list[int]:
+    """The steps per stage of a PFO row: 40 % for W+, the rest over three block stages; with the pixel stage, the
+    last block stage gives it half of its steps."""
+    first = round(steps * 0.4)
+    rest = steps - first
+    stages = [first, rest // 3, rest // 3, rest - 2 * (rest // 3)]
+    if "pixel" in ATTACKS[attack].extensions:
+        pixel = stages[-1] // 2
+        stages = [*stages[:-1], stages[-1] - pixel, pixel]
+    return stages
+
+
 def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
     """The same per-target step budget for every optimisation attack, spread over its phases. PFO's rows share the
     paper's stages (40 % for W+, the rest over three block stages); with the pixel stage, the last block stage gives
     it half of its steps, so the budget stays ``steps``."""
     if attack == "pfo" or ATTACKS[attack].extensions:
-        first = round(steps * 0.4)
-        rest = steps - first
-        stages = [first, rest // 3, rest // 3, rest - 2 * (rest // 3)]
+        stages = pfo_stages(attack, steps)
         lr = []
         if "pixel" in ATTACKS[attack].extensions:
-            pixel = stages[-1] // 2
-            stages = [*stages[:-1], stages[-1] - pixel, pixel]
             lr = ["--model.init_args.lr", json.dumps([BLOCK_LR] * (len(stages) - 1) + [PIXEL_LR])]
         elif attack != "pfo":
             lr = ["--model.init_args.lr", str(BLOCK_LR)]
@@ -939,18 +947,27 @@ def load_radius_rule(path: Path, parser: argparse.ArgumentParser) -> dict:
     """The ``radius_rule`` of calibrate_radius.py's file (``radius_rule: {split: ...}`` or the mapping itself)."""
     import yaml
 
-    from pfo.attacks.pfo_extended import normalise_rule
-
     try:
         loaded = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         parser.error(f"--radius_rule {path}: cannot read it ({error}); bench/calibrate_radius.py writes it")
-    rule = loaded.get("radius_rule", loaded) if isinstance(loaded, dict) else loaded
-    try:
-        normalise_rule(rule, feature_stages=3)
-    except ValueError as error:
-        parser.error(f"--radius_rule {path}: {error}")
-    return rule
+    return loaded.get("radius_rule", loaded) if isinstance(loaded, dict) else loaded
+
+
+def check_radius_rule(options: Options) -> None:
+    """Refuse a rule that the rows reading it cannot use (a bad radius, or a schedule with other stages or another
+    budget than the row's), before any work; ``ValueError`` names the row."""
+    from pfo.attacks.pfo_extended import normalise_rule
+
+    for attack in options.attacks:
+        on = ATTACKS[attack].extensions
+        if "radius" not in on:
+            continue
+        stages = pfo_stages(attack, options.steps)
+        try:
+            normalise_rule(options.radius_rule, len(stages) - 1 - ("pixel" in on), stages)
+        except ValueError as error:
+            raise ValueError(f"the {ATTACKS[attack].name} row (steps {stages}) cannot use it: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1065,6 +1082,11 @@ def main(argv: list[str] | None = None) -> None:
             f"--attacks {' '.join(needs_rule)} need --radius_rule: the radius_rule.yaml that bench/calibrate_radius.py "
             "writes from PUBLIC images (never the targets)"
         )
+    if needs_rule and options.radius_rule:
+        try:
+            check_radius_rule(options)
+        except ValueError as error:
+            parser.error(f"--radius_rule {args.radius_rule}: {error}")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     rows = run(options, args.victim, given, jobs=args.jobs)

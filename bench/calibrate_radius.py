@@ -15,8 +15,8 @@ must spend the same steps); options after ``--`` are passed on as to ``attack.py
 images of the config's data set's ``public`` split, spread over it: never the targets (the calibration refuses any
 other split). With a ``PFOExtended`` config the config's ``radius_rule`` is set aside (null) and the start is
 ``init: random`` (an encoder is made for one split point) unless ``--keep_init``. Writes into ``--out``:
-``radius_rule.yaml`` (radii; paste it into the attack's ``init_args``), ``calibration.md`` (one table per split
-point) and ``calibration.json``.
+``radius_rule.yaml`` (paste it into a PFOExtended config's ``init_args``; for PFO put a chosen schedule into
+``steps``), ``calibration.md`` (one table per split point) and ``calibration.json``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pfo.attacks.cli import AttackCLI  # noqa: E402 (after the path above)
-from pfo.attacks.pfo_extended import PFOExtended  # noqa: E402
-from pfo.attacks.radius_calibration import CALIBRATED_OPTIONS, calibrate_radius, check_grid, rule_yaml  # noqa: E402
+from pfo.attacks.pfo_extended import RULE_OPTIONS, PFOExtended  # noqa: E402
+from pfo.attacks.radius_calibration import calibrate_radius, check_grid, rule_entries, rule_yaml  # noqa: E402
 from pfo.models.split import SplitModel  # noqa: E402
 
 
@@ -57,11 +57,28 @@ def attack_args(args: argparse.Namespace, split_point: str, value, extended: boo
     text = "null" if value is None else (json.dumps(value) if isinstance(value, list) else repr(value))
     options += [f"--model.init_args.{args.option}", text]
     options += ["--model.init_args.progress", "false"]
-    if extended:
-        options += ["--model.init_args.radius_rule", "null"]
+    if extended:  # the earlier choices (--rule), less the option calibrated now, which they would override
+        rule = {split: {k: v for k, v in entry.items() if k != args.option} for split, entry in args.rule.items()}
+        rule = {split: entry for split, entry in rule.items() if entry}
+        options += ["--model.init_args.radius_rule", json.dumps(rule) if rule else "null"]
         if not args.keep_init:
             options += ["--model.init_args.init", "random", "--model.init_args.encoder", "null"]
     return options + args.attack_options
+
+
+def earlier_rule(parser: argparse.ArgumentParser, path: Path | None) -> dict:
+    """The ``radius_rule`` of ``path`` as ``{split point: {option: value}}`` (empty without one)."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        parser.error(f"--rule {path}: no such file (bench/calibrate_radius.py writes radius_rule.yaml in --out)")
+    try:
+        rule = (yaml.safe_load(path.read_text()) or {}).get("radius_rule")
+    except (yaml.YAMLError, AttributeError) as error:
+        parser.error(f"--rule {path} is not a radius_rule.yaml: {error}")
+    if not isinstance(rule, dict) or not rule:
+        parser.error(f"--rule {path} holds no `radius_rule:` mapping (bench/calibrate_radius.py writes one)")
+    return rule_entries(rule)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,12 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split_points", nargs="+", required=True, help="split points to calibrate")
     parser.add_argument("--grid", nargs="+", type=grid_value, required=True, help="values to try (null: no ball)")
     parser.add_argument(
-        "--option", default="feature_radius", choices=CALIBRATED_OPTIONS,
+        "--option", default="feature_radius", choices=RULE_OPTIONS,
         help="what to calibrate (default feature_radius; steps: the stage schedule)",
     )  # fmt: skip
     parser.add_argument("--count", type=int, default=16, help="public images (default 16)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--keep_init", action="store_true", help="keep the config's `init` and `encoder`")
+    parser.add_argument(
+        "--rule", type=Path,
+        help="radius_rule.yaml of an earlier calibration: the attacks use its other choices; the new rule adds to it",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("logs/calibrate_radius"))
     args = parser.parse_args(ours)
     try:
@@ -85,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     args.attack_options = attack_options
+    args.rule = earlier_rule(parser, args.rule)
     sys.argv[1:] = []  # the attack's options go to AttackCLI as `args`; it warns when it also sees ours
     model = yaml.safe_load(args.config.read_text())["model"]["class_path"]
     module, _, name = model.rpartition(".")
@@ -108,18 +130,16 @@ def main(argv: list[str] | None = None) -> None:
         calibrations.append(result)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    snippet = rule_yaml(calibrations)
-    if snippet:
-        (args.out / "radius_rule.yaml").write_text(snippet)
-    else:  # a schedule: one per split point, for the config's `steps`
-        snippet = "".join(f"{c.split_point}: steps: {json.dumps(c.best)}\n" for c in calibrations)
+    snippet = rule_yaml(calibrations, args.rule)
+    (args.out / "radius_rule.yaml").write_text(snippet)
     (args.out / "calibration.md").write_text("\n\n".join(c.table() for c in calibrations) + "\n")
     rows = [{"split_point": c.split_point, "option": c.option, "indices": c.indices, "best": c.best, "rows": c.rows}
             for c in calibrations]  # fmt: skip
     (args.out / "calibration.json").write_text(json.dumps({"config": str(args.config), "results": rows}, indent=2))
     print(snippet)
-    written = ["radius_rule.yaml"] if args.option != "steps" else []
-    print(f"written to {args.out}: {', '.join(written + ['calibration.md', 'calibration.json'])}")
+    print(f"written to {args.out}: radius_rule.yaml, calibration.md, calibration.json")
+    if args.option == "steps" and not extended:
+        print("PFO reads no rule: put the schedule chosen for your split point into the config's `steps`")
 
 
 if __name__ == "__main__":

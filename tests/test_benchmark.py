@@ -318,3 +318,15 @@ def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--attacks", "pfo_radius"])
     assert "need --radius_rule" in capsys.readouterr().err
+    # A schedule in the rule fits only the rows with its stages and budget (pfo_all: the pixel stage last).
+    scheduled = tmp_path / "scheduled.yaml"
+    scheduled.write_text("radius_rule:\n  conv1: {pixel_radius: null, steps: [100, 50, 50, 0, 300]}\n")
+    with pytest.raises(SystemExit):
+        benchmark.main(["--attacks", "pfo_radius", "pfo_all", "--radius_rule", str(scheduled)])
+    assert "the PFO+radius row (steps [200, 100, 100, 100]) cannot use it" in capsys.readouterr().err
+    options = benchmark.Options(attacks=["pfo", "pfo_all"], steps=500)
+    options.radius_rule = benchmark.load_radius_rule(scheduled, benchmark.argparse.ArgumentParser())
+    benchmark.check_radius_rule(options)  # fits: 5 stages, 500 steps
+    options.steps = 400
+    with pytest.raises(ValueError, match="PFO\\+all row.*keep their 400 steps"):
+        benchmark.check_radius_rule(options)

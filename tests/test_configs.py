@@ -44,6 +44,7 @@ from PIL import Image
 import attack
 import train
 from pfo.attacks.base import ReconstructionAttack
+from pfo.attacks.cli import AttackCLI
 from pfo.attacks.optimization import OptimizationAttack
 from pfo.models import load_victim
 from pfo.models.generator_file import load_prior, save_generator
@@ -510,7 +511,7 @@ def test_config_runs_at_tiny_size(config_path, session):
 
 def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tmp_path):
     """``bench/calibrate_radius.py`` (the README's calibration) on ``configs/pfo_extended_resnet.yaml`` at tiny
-    size: radii write the rule PFOExtended reads; schedules of one budget write a choice and no rule."""
+    size: a radius, then a schedule of the same budget added to that rule, which the attack then reads."""
     spec = importlib.util.spec_from_file_location("calibrate_radius", REPO / "bench" / "calibrate_radius.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -530,14 +531,22 @@ def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tm
     assert list(rule) == [split_point] and rule[split_point]["feature_radius"] in (0.03, None)
     assert "feature_radius at" in (tmp_path / "radius" / "calibration.md").read_text()
 
-    # The same budget spent elsewhere (the config gives each stage its learning rate, so the stages stay).
+    # Then the schedule, the radius chosen above held: the same budget spent elsewhere (the config gives each
+    # stage its learning rate, so a rule's schedule keeps the stages).
     other = [steps[0] + steps[2], steps[1], 0, *steps[3:]]
     grid = [json.dumps(steps), json.dumps(other)]
-    calibrate("--option", "steps", "--grid", *grid, "--out", str(tmp_path / "schedule"))
+    calibrate("--option", "steps", "--grid", *grid, "--rule", str(tmp_path / "radius" / "radius_rule.yaml"),
+              "--out", str(tmp_path / "schedule"))  # fmt: skip
     chosen = json.loads((tmp_path / "schedule" / "calibration.json").read_text())["results"][0]
     assert chosen["option"] == "steps" and chosen["best"] in (steps, other)
     assert [row["value"] for row in chosen["rows"]] == [steps, other]
-    assert not (tmp_path / "schedule" / "radius_rule.yaml").exists()
+    merged = yaml.safe_load((tmp_path / "schedule" / "radius_rule.yaml").read_text())["radius_rule"]
+    assert merged == {split_point: {**rule[split_point], "steps": chosen["best"]}}
+    # The rule written is one the config's attack reads: at its split point the schedule is the chosen one.
+    with process_state_restored(session.root, ["attack.py"]):
+        attack = AttackCLI(["--config", str(path), "--model.init_args.radius_rule", json.dumps(merged)], run=False)
+    assert attack.model.split_rule == merged[split_point]
+    assert attack.model.steps + [attack.model.pixel_steps] == chosen["best"]
 
     with pytest.raises(SystemExit):  # schedules of two budgets: refused before any attack runs
         calibrate("--option", "steps", "--grid", json.dumps(steps), json.dumps(steps + [1]))

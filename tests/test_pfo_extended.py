@@ -236,10 +236,10 @@ def test_calibration_keeps_the_grid_value_with_the_best_public_psnr():
 
 
 def test_the_schedule_is_calibrated_like_a_radius_within_one_budget():
-    """``option="steps"``: which blocks PFO frees is chosen on public images, every schedule spending the same
-    steps; the choice is no part of the radius rule (it goes into the config's ``steps``)."""
+    """``option="steps"``: where the budget goes is chosen on public images, every schedule spending the same
+    steps; the choice is a rule entry that PFOExtended applies at that split point."""
     data = PublicOnly(resolution=RES, sizes={"public": 12})
-    grid = [[6, 3, 3], [6, 6], [12]]  # free two blocks, one, none: 12 steps each
+    grid = [[6, 3, 3], [6, 6, 0], [12, 0, 0]]  # free two blocks, one, none: 12 steps each
 
     def attack_with(steps):
         return extended(steps=steps, n_init=2, init_chunk=2)
@@ -259,12 +259,45 @@ def test_the_schedule_is_calibrated_like_a_radius_within_one_budget():
     assert [row["psnr_mean"] for row in result.rows] == pytest.approx(means, abs=1e-4)
     assert max(means) - min(means) > 0.1, f"the schedules hardly differ, so the choice shows nothing: {means}"
     assert result.best == grid[max(range(len(grid)), key=means.__getitem__)]
-    assert rule_yaml([result]) == ""
+    snippet = yaml.safe_load(rule_yaml([result], earlier={"layer1": {"feature_radius": 0.05}, "layer2": 0.2}))
+    assert snippet == {"radius_rule": {"layer1": {"feature_radius": 0.05, "steps": result.best},
+                                          "layer2": {"feature_radius": 0.2}}}  # fmt: skip
 
     with pytest.raises(ValueError, match=r"spend \[12, 13\] steps.*one budget"):
         calibrate_radius(attack_with, data, [[6, 6], [6, 3, 4]], split_point="layer1", option="steps")
     with pytest.raises(ValueError, match="must be one of"):
         calibrate_radius(attack_with, data, [0.1], split_point="layer1", option="n_init")
+
+
+@pytest.mark.parametrize("pixel_stage", [False, True])
+def test_a_rules_schedule_moves_the_steps_at_its_split_point_only(pixel_stage):
+    """At the rule's split point the attack runs bitwise as if configured with the rule's ``steps``; at another
+    split point the configured ``steps`` hold."""
+    configured, moved = ([6, 3, 3, 2], [2, 0, 4, 8]) if pixel_stage else ([6, 3, 3], [2, 0, 10])
+    options = {"pixel_stage": pixel_stage, "pixel_radius": 0.05, "lr": 0.05}
+    targets = [0, 1]
+    ruled = extended(steps=configured, radius_rule={"layer1": {"steps": moved}}, **options)
+    assert list(ruled.hparams.steps) == configured  # the config as written is what the run folder records
+    elsewhere = extended(steps=configured, radius_rule={"layer2": {"steps": moved}}, **options)
+    answers = {}
+    for name, attack, same_as in (("ruled", ruled, moved), ("elsewhere", elsewhere, configured)):
+        answers[name] = attack_images(attack, targets)[0]
+        assert_same(answers[name], attack_images(extended(steps=same_as, **options), targets)[0])
+    assert not torch.equal(answers["ruled"].images, answers["elsewhere"].images)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ([6, 3], "move steps between the 3 configured stages.*keep their 12 steps"),
+        ([6, 3, 4], "keep their 12 steps.*13 steps"),
+        ([6, -1, 7], "non-negative step counts"),
+        ("6,3,3", "non-negative step counts"),
+    ],
+)
+def test_a_rules_schedule_never_changes_the_stages_or_the_budget(schedule, message):
+    with pytest.raises(ValueError, match=message):
+        extended(steps=[6, 3, 3], radius_rule={"layer1": {"steps": schedule}})
 
 
 # ----- 3. the learned start ----------------------------------------------------------------------------------------

@@ -6,10 +6,13 @@ default, so that ``PFOExtended`` with its defaults computes bitwise what the pap
    the features are nearly invertible (shallow splits) this lets PFO do what pixel optimisation (rMLE) does, from
    the prior's image instead of noise. Its steps are the last entry of ``steps``, so the per-target budget stays
    ``sum(steps)``; its image is one more stage, and the answer is still the stage with the lowest feature loss.
-2. ``radius_rule``: radii that fit the split point. ``{split point: radius}`` or ``{split point: {option:
-   value}}`` over ``feature_radius``, ``image_radius`` and ``pixel_radius``: at a split point the rule names, its
-   values replace those options (a feature radius may list one value per feature stage, as the option does).
-   ``bench/calibrate_radius.py`` chooses them on the public split (``pfo.attacks.radius_calibration``).
+2. ``radius_rule``: radii (and a schedule) that fit the split point. ``{split point: radius}`` or ``{split point:
+   {option: value}}`` over ``feature_radius``, ``image_radius``, ``pixel_radius`` and ``steps``: at a split point
+   the rule names, its values replace those options (a feature radius may list one value per feature stage, as the
+   option does). A rule's ``steps`` only moves steps between the configured stages (as many entries, the same
+   sum): at a shallow split the pixel stage may take most of the budget, at a deep one the latent, and a stage may
+   get 0 steps, but the budget never changes. ``bench/calibrate_radius.py`` chooses them on the public split
+   (``pfo.attacks.radius_calibration``).
 3. ``init``: where stage 0 starts. ``random`` (the paper): the best of ``n_init`` latents drawn per target;
    ``encoder``: the latent a trained :class:`~pfo.models.latent_encoder.LatentEncoder` reads from the target's
    features (one forward pass); ``both``: the encoder's latent joins the random candidates and the best explains
@@ -37,15 +40,34 @@ from pfo.attacks.options import check_choice, check_number, is_number
 from pfo.attacks.pfo import PFO, check_per_stage, inf_if_not_finite
 
 INIT_MODES = ("random", "encoder", "both")
-RULE_OPTIONS = ("feature_radius", "image_radius", "pixel_radius")
+RULE_OPTIONS = ("feature_radius", "image_radius", "pixel_radius", "steps")
 
 RadiusValue = float | list[float] | None
-RadiusRule = dict[str, float | list[float] | dict[str, RadiusValue]]
+RadiusRule = dict[str, float | list[float] | dict[str, RadiusValue | list[int]]]
 
 
-def normalise_rule(rule: Mapping | None, feature_stages: int) -> dict[str, dict[str, RadiusValue]]:
+def check_rule_schedule(name: str, schedule, steps: Sequence[int]) -> None:
+    """A rule's ``steps``: the configured stages, the configured budget, the steps moved between them."""
+    if (
+        isinstance(schedule, (str, bytes))
+        or not isinstance(schedule, Sequence)
+        or not all(is_number(s) and s == int(s) and s >= 0 for s in schedule)
+    ):
+        raise ValueError(f"`{name}` must list non-negative step counts per stage, got {schedule!r}")
+    if len(schedule) != len(steps) or sum(schedule) != sum(steps):
+        raise ValueError(
+            f"`{name}` {list(schedule)} must move steps between the {len(steps)} configured stages of `steps` "
+            f"{list(steps)} and keep their {sum(steps)} steps (it has {len(schedule)} entries, {sum(schedule)} "
+            "steps); change `steps` itself to add stages or budget"
+        )
+
+
+def normalise_rule(
+    rule: Mapping | None, feature_stages: int, steps: Sequence[int] = ()
+) -> dict[str, dict[str, RadiusValue | list[int]]]:
     """``radius_rule`` as ``{split point: {option: value}}`` (a bare value is a ``feature_radius``), every value
-    checked as its option is. Raises ``ValueError`` quoting the entry as typed."""
+    checked as its option is (a schedule against the configured ``steps``). Raises ``ValueError`` quoting the
+    entry as typed."""
     if rule is None:
         return {}
     if not isinstance(rule, Mapping) or not rule:
@@ -64,6 +86,10 @@ def normalise_rule(rule: Mapping | None, feature_stages: int) -> dict[str, dict[
             )
         for option, value in entry.items():
             name = f"radius_rule.{split}.{option}"
+            if option == "steps":
+                check_rule_schedule(name, value, steps)
+                entry[option] = [int(v) for v in value]
+                continue
             if value is None:
                 continue
             if option == "pixel_radius":
@@ -106,9 +132,10 @@ class PFOExtended(PFO):
             pixel_radius: l1 radius of the pixel stage (``radius_mode``: per element of the image, or absolute);
                 null leaves it unconstrained (rMLE started from PFO's image).
             radius_rule: radii by split point: ``{split point: radius}`` (the feature radius) or ``{split point:
-                {feature_radius: .., image_radius: .., pixel_radius: ..}}``. At the attack's split point the
-                values given replace those options; at another split point the options apply. Choose it on the
-                public split with ``bench/calibrate_radius.py``.
+                {feature_radius: .., image_radius: .., pixel_radius: .., steps: [..]}}``. At the attack's split
+                point the values given replace those options (``steps`` only redistributes the configured steps);
+                at another split point the options apply. Choose it on the public split with
+                ``bench/calibrate_radius.py``.
             init: stage 0's start: ``random`` (the paper's: the best of ``n_init`` random latents), ``encoder``
                 (the encoder's latent for the target's features) or ``both`` (the encoder's latent joins the
                 ``n_init`` random candidates; the best is kept).
@@ -116,7 +143,7 @@ class PFOExtended(PFO):
                 ``encoder.pt``) for this victim, split point, defense and prior; needed by ``init: encoder | both``.
         """
         stage_steps = self._check_extensions(steps, lr, pixel_stage, pixel_radius, init, encoder, kwargs)
-        rules = normalise_rule(radius_rule, len(stage_steps) - 1)
+        rules = normalise_rule(radius_rule, len(stage_steps) - 1, steps)
         block_lr = list(lr)[: len(stage_steps)] if isinstance(lr, Sequence) and pixel_stage else lr
         super().__init__(victim, generator, steps=stage_steps, lr=block_lr, **kwargs)
         known = getattr(self.victim, "split_points", None)
@@ -127,6 +154,9 @@ class PFOExtended(PFO):
                     f"are {', '.join(known)}"
                 )
         self.split_rule = rules.get(self.victim.split_point, {})
+        schedule = [int(s) for s in self.split_rule.get("steps", steps)]
+        self.steps = schedule[: len(stage_steps)]  # the block stages'
+        self.pixel_steps = schedule[-1] if pixel_stage else 0
         self.encoder = None
         if init != "random":
             self.encoder, self.encoder_meta = load_encoder(encoder)
@@ -234,7 +264,7 @@ class PFOExtended(PFO):
             return low + pixels * (high - low)
 
         stopped = result.failed.clone()  # a target that fails here keeps its earlier stages' answer
-        steps, lr = int(hp.steps[stage]), per_stage(hp.lr, stage, "lr")
+        steps, lr = self.pixel_steps, per_stage(hp.lr, stage, "lr")
         self.optimize([pixels], render, h_star, steps, lr, stopped, constrain=constrain, name="pixels")
         with torch.no_grad():
             image = pixels.detach().clone()

@@ -6,10 +6,11 @@ the targets. :func:`calibrate_radius` runs the attack, as configured, on ``count
 split, each seeded by its index as a target is) once per value of a grid, and keeps the value with the best mean
 PSNR; :func:`rule_yaml` writes the choices as the ``radius_rule`` of ``pfo.attacks.PFOExtended``.
 
-The schedule is calibrated the same way (``option="steps"``): which generator blocks PFO frees matters (at 64 px
-``[200, 100, 100, 100]`` never frees the last block, ``[200, 75, 75, 75, 75]`` does), and the attacker can only
-judge that on public images too. Every schedule of a grid must spend the same steps, so the choice never buys
-budget; the chosen one goes into the attack config's ``steps``.
+The schedule is calibrated the same way (``option="steps"``): where the budget goes matters (at a shallow split
+the pixel stage can use most of it, and at 64 px ``[200, 100, 100, 100]`` never frees the last block while
+``[200, 75, 75, 75, 75]`` does), and the attacker can only judge that on public images too. Every schedule of a
+grid must spend the same steps, so the choice never buys budget. A rule's schedule moves steps between the
+configured stages; one with other stages goes into the config's ``steps`` instead.
 ``bench/calibrate_radius.py`` is the command-line entry point.
 
 The calibration refuses any split but ``public`` before it reads an image (``pfo.threat_model``);
@@ -19,7 +20,7 @@ The calibration refuses any split but ``public`` before it reads an image (``pfo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -59,13 +60,10 @@ class RadiusCalibration:
         return "\n".join(lines)
 
 
-CALIBRATED_OPTIONS = (*RULE_OPTIONS, "steps")
-
-
 def check_grid(option: str, grid: Sequence) -> None:
     """A grid of radii (numbers or null), or of schedules that all spend the same number of steps."""
-    if option not in CALIBRATED_OPTIONS:
-        raise ValueError(f"`option` {option!r} must be one of {', '.join(CALIBRATED_OPTIONS)}")
+    if option not in RULE_OPTIONS:
+        raise ValueError(f"`option` {option!r} must be one of {', '.join(RULE_OPTIONS)}")
     if not grid:
         raise ValueError("`grid` is empty; give the values to try")
     if option != "steps":
@@ -158,15 +156,19 @@ def calibrate_radius(
     return result
 
 
-def rule_yaml(calibrations: Sequence[RadiusCalibration]) -> str:
-    """The chosen radii as a ``radius_rule`` snippet for ``pfo.attacks.PFOExtended``'s ``init_args`` (a chosen
-    schedule is no part of the rule: it goes into the config's ``steps``)."""
-    rule: dict[str, dict[str, float | None]] = {}
+def rule_entries(rule: Mapping) -> dict[str, dict]:
+    """A ``radius_rule`` as ``{split point: {option: value}}``: a bare value is a feature radius (the attack checks
+    the values)."""
+    return {str(split): dict(entry) if isinstance(entry, Mapping) else {"feature_radius": entry}
+            for split, entry in rule.items()}  # fmt: skip
+
+
+def rule_yaml(calibrations: Sequence[RadiusCalibration], earlier: Mapping[str, Mapping] | None = None) -> str:
+    """The chosen values as a ``radius_rule`` snippet for ``pfo.attacks.PFOExtended``'s ``init_args``, added to
+    an ``earlier`` rule (``{split point: {option: value}}``) where one is given."""
+    rule = rule_entries(earlier or {})
     for c in calibrations:
-        if c.option in RULE_OPTIONS:
-            rule.setdefault(c.split_point, {})[c.option] = c.best
-    if not rule:
-        return ""
+        rule.setdefault(c.split_point, {})[c.option] = c.best
     lines = ["radius_rule:"]
     for split_point, entry in rule.items():
         values = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in entry.items())
