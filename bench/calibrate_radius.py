@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pfo.attacks.cli import AttackCLI  # noqa: E402 (after the path above)
-from pfo.attacks.pfo_extended import RULE_OPTIONS, PFOExtended  # noqa: E402
-from pfo.attacks.radius_calibration import calibrate_radius, check_grid, rule_entries, rule_yaml  # noqa: E402
+from pfo.attacks.pfo_extended import RULE_OPTIONS, PFOExtended, rule_entries  # noqa: E402
+from pfo.attacks.radius_calibration import calibrate_radius, check_grid, rule_yaml  # noqa: E402
 from pfo.models.split import SplitModel  # noqa: E402
 
 

@@ -186,6 +186,14 @@ class GANInversionAttack(OptimizationAttack):
         return self.top_latents(h_star, index, count, chunk, keep=1)[:, 0]
 
 
+def check_step_counts(name: str, steps) -> None:
+    """``steps`` is a non-empty list of non-negative step counts, one per stage."""
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or not steps:
+        raise ValueError(f"`{name}` must list non-negative step counts per stage, got {steps!r}")
+    if not all(is_number(s) and s == int(s) and s >= 0 for s in steps):
+        raise ValueError(f"`{name}` must list non-negative step counts per stage, got {list(steps)!r}")
+
+
 class PFO(GANInversionAttack):
     """Progressive Feature Optimisation: the latent stage, then block states under l1-ball constraints."""
 
@@ -249,11 +257,7 @@ class PFO(GANInversionAttack):
         steps, lr, n_init, init_chunk, radius_mode, feature_radius, image_radius, style_radius, latent_radius, restarts
     ) -> None:
         """Every option of PFO's own, before anything is loaded or run; messages quote the values as given."""
-        if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or not steps:
-            raise ValueError(f"`steps` must list non-negative step counts per stage, got {steps!r}")
-        for s in steps:
-            if not (is_number(s) and s == int(s) and s >= 0):
-                raise ValueError(f"`steps` must list non-negative step counts per stage, got {list(steps)!r}")
+        check_step_counts("steps", steps)
         stages = len(steps)
         check_per_stage("lr", lr, stages, f"stages (`steps` {list(steps)})", positive=True)
         check_count("n_init", n_init, 1)

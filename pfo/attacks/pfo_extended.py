@@ -36,8 +36,8 @@ from pfo.attacks.class_rule import ClassChoice
 from pfo.attacks.encoder_trainer import check_encoder, load_encoder
 from pfo.attacks.inverse_network import describe_defense
 from pfo.attacks.optimization import per_stage
-from pfo.attacks.options import check_choice, check_number, is_number
-from pfo.attacks.pfo import PFO, check_per_stage, inf_if_not_finite
+from pfo.attacks.options import check_choice, check_number
+from pfo.attacks.pfo import PFO, check_per_stage, check_step_counts, inf_if_not_finite
 
 INIT_MODES = ("random", "encoder", "both")
 RULE_OPTIONS = ("feature_radius", "image_radius", "pixel_radius", "steps")
@@ -46,14 +46,15 @@ RadiusValue = float | list[float] | None
 RadiusRule = dict[str, float | list[float] | dict[str, RadiusValue | list[int]]]
 
 
+def rule_entries(rule: Mapping) -> dict[str, dict]:
+    """A ``radius_rule`` as ``{split point: {option: value}}``: a bare value is a feature radius (unchecked)."""
+    return {str(split): dict(entry) if isinstance(entry, Mapping) else {"feature_radius": entry}
+            for split, entry in rule.items()}  # fmt: skip
+
+
 def check_rule_schedule(name: str, schedule, steps: Sequence[int]) -> None:
     """A rule's ``steps``: the configured stages, the configured budget, the steps moved between them."""
-    if (
-        isinstance(schedule, (str, bytes))
-        or not isinstance(schedule, Sequence)
-        or not all(is_number(s) and s == int(s) and s >= 0 for s in schedule)
-    ):
-        raise ValueError(f"`{name}` must list non-negative step counts per stage, got {schedule!r}")
+    check_step_counts(name, schedule)
     if len(schedule) != len(steps) or sum(schedule) != sum(steps):
         raise ValueError(
             f"`{name}` {list(schedule)} must move steps between the {len(steps)} configured stages of `steps` "
@@ -77,8 +78,7 @@ def normalise_rule(
         )
     what = f"feature stages after stage 0 ({feature_stages} block stages follow it)"
     rules: dict[str, dict[str, RadiusValue]] = {}
-    for split, entry in rule.items():
-        entry = dict(entry) if isinstance(entry, Mapping) else {"feature_radius": entry}
+    for split, entry in rule_entries(rule).items():
         unknown = sorted(set(entry) - set(RULE_OPTIONS))
         if unknown:
             raise ValueError(
@@ -187,8 +187,7 @@ class PFOExtended(PFO):
                 f"with `pixel_stage: true`, `steps` lists stage 0, any block stages, then the pixel stage (at least "
                 f"two entries), got {steps!r}"
             )
-        if not all(is_number(s) and s == int(s) and s >= 0 for s in steps):
-            raise ValueError(f"`steps` must list non-negative step counts per stage, got {list(steps)!r}")
+        check_step_counts("steps", steps)
         check_per_stage("lr", lr, len(steps), f"stages (`steps` {list(steps)}, the pixel stage last)", positive=True)
         return list(steps)[:-1]
 

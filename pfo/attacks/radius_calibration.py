@@ -11,7 +11,7 @@ the pixel stage can use most of it, and at 64 px ``[200, 100, 100, 100]`` never 
 ``[200, 75, 75, 75, 75]`` does), and the attacker can only judge that on public images too. Every schedule of a
 grid must spend the same steps, so the choice never buys budget. A rule's schedule moves steps between the
 configured stages; one with other stages goes into the config's ``steps`` instead.
-``bench/calibrate_radius.py`` is the command-line entry point.
+``bench/calibrate_radius.py`` is the command-line entry point of both.
 
 The calibration refuses any split but ``public`` before it reads an image (``pfo.threat_model``);
 ``allow_nonpublic_training`` breaks that rule on purpose (an oracle ablation), as for the attacker's networks.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pfo.attacks.base import ReconstructionAttack
-from pfo.attacks.pfo_extended import RULE_OPTIONS
+from pfo.attacks.pfo_extended import RULE_OPTIONS, rule_entries
 from pfo.attacks.targets import spread_indices
 from pfo.metrics import psnr, summarize
 from pfo.threat_model import ALLOW_NONPUBLIC_TRAINING, PUBLIC, ThreatModelError
@@ -154,13 +154,6 @@ def calibrate_radius(
     best = max(range(len(result.rows)), key=lambda i: (result.rows[i]["psnr_mean"], -i))
     result.best = result.rows[best]["value"]
     return result
-
-
-def rule_entries(rule: Mapping) -> dict[str, dict]:
-    """A ``radius_rule`` as ``{split point: {option: value}}``: a bare value is a feature radius (the attack checks
-    the values)."""
-    return {str(split): dict(entry) if isinstance(entry, Mapping) else {"feature_radius": entry}
-            for split, entry in rule.items()}  # fmt: skip
 
 
 def rule_yaml(calibrations: Sequence[RadiusCalibration], earlier: Mapping[str, Mapping] | None = None) -> str:
