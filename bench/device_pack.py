@@ -1,0 +1,146 @@
+"""Pack what a GPU call made (``bench/gpu_strong_priors.sh``) into the few files a device call brings back, and unpack
+them at home into the same layout, so ``bench/benchmark.py --report_only`` tabulates the runs as if made here.
+
+A call brings back at most 8 files of at most 16 MiB each (64 MiB in all). So: the victim file gzipped and cut into
+parts, each prior's ``generator.pt`` as it is, and one archive of the attack runs and the training logs. Each
+target's file loses its per-stage images and its original (the originals, the same 16 targets in every run, are kept
+once in ``originals.pt`` and put back on unpacking); every metric, reconstruction and timing stays.
+
+    python bench/device_pack.py pack logs/gpu --out "$OUT"
+    python bench/device_pack.py unpack /work/.device/<call>/files --dest logs/gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import torch
+
+PART_BYTES = 15 * 2**20
+VICTIM = "victim_cifar10_resnet18/victim.pt"
+PRIORS = ("gan_cifar10", "gan_tinyimagenet")
+RUNS = "runs.tar.gz"
+ORIGINALS = "originals.pt"
+# What of a run or training folder travels back (TensorBoard events, per-image PNGs and all but each prior's last two
+# sample grids stay: the figures are redrawn at home).
+KEPT_SUFFIXES = {".json", ".yaml", ".md", ".csv", ".png", ".txt"}
+LOG_LINES = 300
+
+
+def slim_target(path: Path, originals: dict[int, torch.Tensor]) -> bytes:
+    """A target file's bytes without its stage images and original (the original is kept in ``originals``)."""
+    result = torch.load(path, map_location="cpu", weights_only=True)
+    original = result.pop("original", None)
+    if original is not None:
+        known = originals.setdefault(int(result["index"]), original)
+        if not torch.equal(known, original):
+            raise ValueError(f"{path}: target {result['index']} differs from the same target in another run")
+    result.pop("stage_images", None)
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    return buffer.getvalue()
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def log_tail(path: Path) -> bytes:
+    lines = path.read_text(errors="replace").splitlines()[-LOG_LINES:]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def pack(work: Path, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    victim = work / VICTIM
+    if victim.is_file():
+        data = gzip.compress(victim.read_bytes(), compresslevel=1)
+        for k in range(0, len(data), PART_BYTES):
+            part = out / f"victim.pt.gz.{k // PART_BYTES:02d}"
+            part.write_bytes(data[k : k + PART_BYTES])
+            written.append(part)
+    for prior in PRIORS:
+        generator = work / prior / "generator.pt"
+        if generator.is_file():
+            written.append(Path(shutil.copyfile(generator, out / f"{prior}.generator.pt")))
+    originals: dict[int, torch.Tensor] = {}
+    samples = sorted(work.glob("*/samples/*.png"))
+    dropped = {p for p in samples if p not in set(sorted(p.parent.glob("*.png"))[-2:])}  # each prior's last two
+    dropped |= set(work.glob("bench/*/comparison.png"))  # redrawn by the merge at home
+    with tarfile.open(out / RUNS, "w:gz", compresslevel=6) as tar:
+        for path in sorted(work.rglob("*")):
+            relative = path.relative_to(work).as_posix()
+            if not path.is_file() or path in dropped or relative.startswith(("data/", "pack/", "bench_cache/")):
+                continue
+            if path.parent.name == "targets" and path.suffix == ".pt":
+                add_bytes(tar, relative, slim_target(path, originals))
+            elif path.suffix == ".log":
+                add_bytes(tar, relative, log_tail(path))
+            elif path.suffix in KEPT_SUFFIXES and "/images/" not in f"/{relative}":
+                tar.add(path, relative)
+        buffer = io.BytesIO()
+        torch.save(originals, buffer)
+        add_bytes(tar, ORIGINALS, buffer.getvalue())
+    written.append(out / RUNS)
+    for path in written:
+        print(f"{path.name}: {path.stat().st_size / 2**20:.1f} MiB")
+    return written
+
+
+def unpack(files: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    parts = sorted(files.glob("victim.pt.gz.*"))
+    if parts:
+        victim = dest / VICTIM
+        victim.parent.mkdir(parents=True, exist_ok=True)
+        victim.write_bytes(gzip.decompress(b"".join(p.read_bytes() for p in parts)))
+        print(f"{victim} ({len(parts)} parts)")
+    for prior in PRIORS:
+        generator = files / f"{prior}.generator.pt"
+        if generator.is_file():
+            (dest / prior).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(generator, dest / prior / "generator.pt")
+            print(dest / prior / "generator.pt")
+    runs = files / RUNS
+    if not runs.is_file():
+        return
+    with tarfile.open(runs, "r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    originals = torch.load(dest / ORIGINALS, map_location="cpu", weights_only=True)
+    restored = 0
+    for path in sorted(dest.rglob("targets/*.pt")):
+        result = torch.load(path, map_location="cpu", weights_only=True)
+        if "original" not in result and int(result["index"]) in originals:
+            result["original"] = originals[int(result["index"])]
+            torch.save(result, path)
+            restored += 1
+    print(f"{runs.name}: extracted into {dest}; originals put back into {restored} target files")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="pack a GPU call's work folder")
+    p.add_argument("work", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    u = sub.add_parser("unpack", help="unpack the files a call brought back")
+    u.add_argument("files", type=Path)
+    u.add_argument("--dest", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        pack(args.work, args.out)
+    else:
+        unpack(args.files, args.dest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One prepared call on a GPU machine (issue 15, item 4): train the CIFAR-10 victim from its config and the two
+# CIFAR-10 priors (the public CIFAR-10 half: in distribution; Tiny-ImageNet: out of distribution) far longer than two
+# CPU cores can, side by side on the one GPU, then run the benchmark's attacks with them on the same 16 targets.
+# Everything it makes is packed into $PACK for the trip back (bench/device_pack.py): the victim, both priors, every
+# attack run (LPIPS is added back home, where the AlexNet weights are: bench/rescore_lpips.py).
+#
+#   python bench/pack_device_data.py --source ../shared/data --bundle .carry/data.bundle   # CPU machine, once
+#   bash bench/gpu_strong_priors.sh                                                        # GPU machine
+#   python bench/device_pack.py unpack <files back> --dest logs/gpu                       # CPU machine
+#
+# Knobs (environment): PYTHON (python3), BUNDLE (.carry/data.bundle; empty: use $PFO_DATA_ROOT as it is), WORK
+# (logs/gpu), PACK ($OUT, else $WORK/pack), PRIOR_TIME (each prior's Lightning max_time, 00:00:05:00),
+# PRIOR_BATCH (64, NVlabs' CIFAR-10 batch), VICTIM_ARGS and PRIOR_ARGS (more train.py options), PLAIN_ATTACKS (the
+# rows without a prior, run on every split point as soon as the victim is trained, while the priors train),
+# PRIOR_ATTACKS (on SPLITS, then ENCODER_ATTACKS on ENCODER_SPLITS, then PRIOR_ATTACKS on MORE_SPLITS, each only
+# while time is left), BENCH_ARGS, JOBS (8), DEADLINE (seconds after the start by which packing begins, 510).
+set -uo pipefail
+START=$SECONDS
+PYTHON=${PYTHON:-python3}
+WORK=${WORK:-logs/gpu}
+PACK=${PACK:-${OUT:-$WORK/pack}}
+PRIOR_TIME=${PRIOR_TIME:-00:00:05:00}
+PRIOR_BATCH=${PRIOR_BATCH:-64}
+VICTIM_ARGS=${VICTIM_ARGS:-}
+PRIOR_ARGS=${PRIOR_ARGS:-}
+SPLITS=${SPLITS:-layer4 layer3 layer2}
+MORE_SPLITS=${MORE_SPLITS:-layer1 conv1}
+PLAIN_ATTACKS=${PLAIN_ATTACKS:-rmle lm}
+PRIOR_ATTACKS=${PRIOR_ATTACKS:-pfo glass pfo_pixel}
+ENCODER_ATTACKS=${ENCODER_ATTACKS:-pfo_encoder}
+ENCODER_SPLITS=${ENCODER_SPLITS:-layer4}
+BENCH_ARGS=${BENCH_ARGS:---targets 16 --steps 500 --noise 0}
+JOBS=${JOBS:-8}
+DEADLINE=${DEADLINE:-510}
+BUNDLE=${BUNDLE-.carry/data.bundle}
+mkdir -p "$WORK" "$PACK"
+LOG="$PACK/log.txt"
+say() { echo "[$((SECONDS - START)) s] $*" | tee -a "$LOG"; }
+
+say "start $(date -u +%FT%TZ) on $(hostname)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$LOG" 2>&1 || say "no nvidia-smi"
+"$PYTHON" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, \
+'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >>"$LOG" 2>&1
+if [ -n "$BUNDLE" ]; then
+  export PFO_DATA_ROOT="$WORK/data"
+  "$PYTHON" bench/pack_device_data.py --unpack "$BUNDLE" --dest "$PFO_DATA_ROOT" >>"$LOG" 2>&1 || say "unpack failed"
+fi
+
+# 1. The victim and the two priors, side by side (each its own process; the GPU has room for all three).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1
+train() {  # name config args...
+  local name=$1 config=$2; shift 2
+  say "train $name"
+  "$PYTHON" train.py fit --config "$config" --trainer.logger.init_args.save_dir "$WORK" "$@" >"$WORK/$name.log" 2>&1
+  say "train $name: exit $?"
+}
+# shellcheck disable=SC2086  # the *_ARGS knobs are lists of options
+train victim configs/victim_cifar10_resnet18.yaml $VICTIM_ARGS &
+VICTIM_PID=$!
+PRIOR_PIDS=()
+for prior in cifar10 tinyimagenet; do
+  # shellcheck disable=SC2086
+  train "gan_$prior" "configs/gan_$prior.yaml" --trainer.max_steps 1000000 --trainer.max_time "$PRIOR_TIME" \
+    --data.init_args.batch_size "$PRIOR_BATCH" $PRIOR_ARGS &
+  PRIOR_PIDS+=($!)
+done
+VICTIM="$WORK/victim_cifar10_resnet18/victim.pt"
+PRIORS=(--prior "cifar10=$WORK/gan_cifar10/generator.pt" --prior "tinyimagenet=$WORK/gan_tinyimagenet/generator.pt")
+
+# 2. The benchmark: the attacks without a prior as soon as the victim exists, the ones with a prior once the priors do.
+#    A benchmark cut short by the deadline keeps every finished cell (each run folder is tabulated on its own).
+bench() {  # jobs attacks splits...  (attacks: one word, space-separated names quoted)
+  local jobs=$1 attacks=$2; shift 2
+  local seconds=$((DEADLINE - (SECONDS - START)))
+  if [ "$seconds" -lt 30 ]; then say "no time left for $attacks at $*"; return; fi
+  say "benchmark $attacks at $* (up to $seconds s)"
+  # shellcheck disable=SC2086
+  timeout -k 10 "$seconds" "$PYTHON" bench/benchmark.py --victim "$VICTIM" "${PRIORS[@]}" --splits "$@" \
+    --attacks $attacks $BENCH_ARGS --jobs "$jobs" --out "$WORK/bench" --cache "$WORK/bench_cache" \
+    >>"$WORK/bench.log" 2>&1
+  say "benchmark $attacks at $*: exit $?"
+}
+wait "$VICTIM_PID"
+grep -h -o -E "val/accuracy=[0-9.]+" "$WORK/victim.log" | tail -n 1 >>"$LOG"
+# shellcheck disable=SC2086
+bench 4 "$PLAIN_ATTACKS" $SPLITS $MORE_SPLITS &
+PLAIN_PID=$!
+wait "${PRIOR_PIDS[@]}"
+# shellcheck disable=SC2086
+bench "$JOBS" "$PRIOR_ATTACKS" $SPLITS
+# shellcheck disable=SC2086
+[ -n "$ENCODER_ATTACKS" ] && bench "$JOBS" "$ENCODER_ATTACKS" $ENCODER_SPLITS
+# shellcheck disable=SC2086
+[ -n "$MORE_SPLITS" ] && bench "$JOBS" "$PRIOR_ATTACKS" $MORE_SPLITS
+wait "$PLAIN_PID"
+
+# 3. Pack for the trip back.
+say "pack"
+"$PYTHON" bench/device_pack.py pack "$WORK" --out "$PACK" >>"$LOG" 2>&1 || say "pack failed"
+tail -n 40 "$WORK/bench.log" >>"$LOG" 2>/dev/null
+say "done"
