@@ -65,6 +65,8 @@ ATTACKS = {
     "pfo_radius": AttackSpec("PFO+radius", EXTENDED, uses_prior=True, extensions=("radius",)),
     "pfo_encoder": AttackSpec("PFO+encoder", EXTENDED, uses_prior=True, extensions=("encoder",)),
     "pfo_all": AttackSpec("PFO+all", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "encoder")),
+    # the calibrated PFO without the learned start (no encoder to train): the rule's radii and schedule, pixel stage
+    "pfo_pixel_radius": AttackSpec("PFO+pixel+radius", EXTENDED, uses_prior=True, extensions=("pixel", "radius")),
 }
 BLOCK_LR, PIXEL_LR = 0.05, 0.01  # PFO's learning rate, and the pixel stage's (configs/pfo_extended_resnet.yaml's)
 CIFAR10_DATA = {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
@@ -989,7 +991,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         choices=list(ATTACKS),
         help="rows of the table (default: the setting's baselines and PFO; the ablation of PFOExtended: pfo_pixel, "
-        "pfo_radius, pfo_encoder, pfo_all)",
+        "pfo_radius, pfo_encoder, pfo_all, pfo_pixel_radius)",
     )
     parser.add_argument("--priors", nargs="+", help="prior names of the setting (default: all of them)")
     parser.add_argument(
@@ -1013,7 +1015,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--radius_rule",
         type=Path,
-        help="radius_rule.yaml written by bench/calibrate_radius.py on PUBLIC images (needed by pfo_radius, pfo_all)",
+        help="radius_rule.yaml written by bench/calibrate_radius.py on PUBLIC images (needed by pfo_radius, pfo_all, "
+        "pfo_pixel_radius)",
     )
     parser.add_argument("--victim", help="reuse this victim file instead of training one")
     parser.add_argument(

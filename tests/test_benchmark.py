@@ -265,7 +265,7 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     rule.write_text("radius_rule:\n  layer1: {feature_radius: 0.05, pixel_radius: 0.01}\n")
     victim, prior, options = tiny_benchmark(
         tmp_path,
-        attacks=["pfo", "pfo_pixel", "pfo_encoder", "pfo_all"],
+        attacks=["pfo", "pfo_pixel", "pfo_encoder", "pfo_all", "pfo_pixel_radius"],
         noise=0.0,
         encoder_overrides=TINY_TRAINING,
     )
@@ -273,12 +273,13 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
         benchmark.extension_overrides(options, "pfo_radius", None)
     options.radius_rule = benchmark.load_radius_rule(rule, benchmark.argparse.ArgumentParser())
     rows = benchmark.run(options, victim, prior)
-    assert [r["attack"] for r in rows] == ["PFO", "PFO+pixel", "PFO+encoder", "PFO+all"]
+    assert [r["attack"] for r in rows] == ["PFO", "PFO+pixel", "PFO+encoder", "PFO+all", "PFO+pixel+radius"]
     expected = {
         "PFO": (False, "random", None),
         "PFO+pixel": (True, "random", None),
         "PFO+encoder": (False, "both", None),
         "PFO+all": (True, "both", {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}),
+        "PFO+pixel+radius": (True, "random", {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}),
     }
     for r in rows:
         config = yaml.safe_load((Path(r["summary"]["folder"]) / "config.yaml").read_text())["model"]
@@ -295,7 +296,7 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     encoders = list(options.cache.glob("encoder_cifar10_layer1_noise0_*/encoder.pt"))
     assert len(encoders) == 1  # one encoder per split point, defense and prior, shared by the rows that use it
     paired = benchmark.paired_rows(rows)
-    assert [p["attack"] for p in paired] == ["PFO+pixel", "PFO+encoder", "PFO+all"]
+    assert [p["attack"] for p in paired] == ["PFO+pixel", "PFO+encoder", "PFO+all", "PFO+pixel+radius"]
     reference = rows[0]["summary"]["metrics"]["psnr"]["mean"]
     for p, r in zip(paired, rows[1:]):  # the same targets: the mean difference is the difference of the means
         assert p["targets"] == 3 and p["row_ahead"] + p["reference_ahead"] <= 3
@@ -306,7 +307,7 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     before = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
     options.radius_rule = {"layer1": 0.2}
     after = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
-    assert {a for a in before if before[a] != after[a]} == {"pfo_all"}
+    assert {a for a in before if before[a] != after[a]} == {"pfo_all", "pfo_pixel_radius"}
 
 
 def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
@@ -324,7 +325,7 @@ def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--attacks", "pfo_radius", "pfo_all", "--radius_rule", str(scheduled)])
     assert "the PFO+radius row (steps [200, 100, 100, 100]) cannot use it" in capsys.readouterr().err
-    options = benchmark.Options(attacks=["pfo", "pfo_all"], steps=500)
+    options = benchmark.Options(attacks=["pfo", "pfo_all", "pfo_pixel_radius"], steps=500)
     options.radius_rule = benchmark.load_radius_rule(scheduled, benchmark.argparse.ArgumentParser())
     benchmark.check_radius_rule(options)  # fits: 5 stages, 500 steps
     options.steps = 400
