@@ -146,11 +146,15 @@ def test_a_worse_later_stage_is_not_the_answer():
 
 class ProjectionProbe(PFO):
     """Records, after every optimiser step of every feature stage, the l1 norm per sample of each variable's
-    deviation from its value at the stage start (taken here, independently of PFO's own anchors)."""
+    deviation from its value at the stage start (taken here, independently of PFO's own anchors), and how far float32
+    rounding alone can move that norm: the projected variable is ``anchor + deviation`` rounded element by element,
+    so measuring its deviation again can exceed the radius by up to half an ulp of each element (and the sum's own
+    rounding), a few 1e-6 over thousands of elements. A missing projection exceeds it by a fraction of the radius."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.records: list[tuple[str, list[torch.Tensor]]] = []  # (stage name, [N] norms per variable) per step
+        self.slack: list[list[torch.Tensor]] = []  # [N] rounding bound per variable, per step
         self.sizes: list[list[int]] = []  # elements per sample of each variable, per stage
 
     def optimize(self, variables, render, h_star, steps, lr, failed, constrain=None, adjust=None, name="stage"):
@@ -163,6 +167,8 @@ class ProjectionProbe(PFO):
             constrain()
             norms = [(v.detach() - s).flatten(1).abs().sum(1) for v, s in zip(variables, starts)]
             self.records.append((name, norms))
+            eps = torch.finfo(torch.float32).eps
+            self.slack.append([eps * (v.detach().abs() + s.abs()).flatten(1).sum(1) for v, s in zip(variables, starts)])
 
         return super().optimize(variables, render, h_star, steps, lr, failed, constrain=checked, name=name)
 
@@ -187,9 +193,11 @@ def test_deviations_stay_inside_the_l1_ball_after_every_step(mode, feature, imag
     bound = [0, 0, 0]  # per variable (x, img, styles): how often a sample ended on the sphere
     for step, (name, norms) in enumerate(attack.records):
         sizes = attack.sizes[0 if step < 6 else 1]
-        for v, (norm, setting, numel) in enumerate(zip(norms, (feature, image, style), sizes)):
+        for v, (norm, setting, numel, slack) in enumerate(
+            zip(norms, (feature, image, style), sizes, attack.slack[step])
+        ):
             radius = setting * numel if mode == "per_element" else setting
-            assert (norm <= radius * (1 + 1e-5) + 1e-6).all(), (name, step, v, norm, radius)
+            assert (norm <= radius * (1 + 1e-5) + slack).all(), (name, step, v, norm, radius, slack)
             bound[v] += int((norm > radius * (1 - 1e-3)).sum())
     assert all(bound), f"a radius never bound, so this test could not see its projection missing: {bound}"
 
