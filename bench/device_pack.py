@@ -58,11 +58,13 @@ def log_tail(path: Path) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def pack(work: Path, out: Path) -> list[Path]:
+def pack(work: Path, out: Path, runs_only: bool = False) -> list[Path]:
+    """Write the files for the trip back into ``out`` (``runs_only``: leave the victim and the priors, already at
+    home, and their training folders behind)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     victim = work / VICTIM
-    if victim.is_file():
+    if victim.is_file() and not runs_only:
         data = gzip.compress(victim.read_bytes(), compresslevel=1)
         for k in range(0, len(data), PART_BYTES):
             part = out / f"victim.pt.gz.{k // PART_BYTES:02d}"
@@ -70,7 +72,7 @@ def pack(work: Path, out: Path) -> list[Path]:
             written.append(part)
     for prior in PRIORS:
         generator = work / prior / "generator.pt"
-        if generator.is_file():
+        if generator.is_file() and not runs_only:
             written.append(Path(shutil.copyfile(generator, out / f"{prior}.generator.pt")))
     originals: dict[int, torch.Tensor] = {}
     samples = sorted(work.glob("*/samples/*.png"))
@@ -80,6 +82,8 @@ def pack(work: Path, out: Path) -> list[Path]:
         for path in sorted(work.rglob("*")):
             relative = path.relative_to(work).as_posix()
             if not path.is_file() or path in dropped or relative.startswith(("data/", "pack/", "bench_cache/")):
+                continue
+            if runs_only and not relative.startswith("bench/"):
                 continue
             if path.parent.name == "targets" and path.suffix == ".pt":
                 add_bytes(tar, relative, slim_target(path, originals))
@@ -132,12 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("pack", help="pack a GPU call's work folder")
     p.add_argument("work", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--runs_only", action="store_true", help="only the attack runs (the models are at home already)")
     u = sub.add_parser("unpack", help="unpack the files a call brought back")
     u.add_argument("files", type=Path)
     u.add_argument("--dest", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "pack":
-        pack(args.work, args.out)
+        pack(args.work, args.out, args.runs_only)
     else:
         unpack(args.files, args.dest)
 

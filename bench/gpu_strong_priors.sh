@@ -14,7 +14,8 @@
 # PRIOR_BATCH (64, NVlabs' CIFAR-10 batch), VICTIM_ARGS and PRIOR_ARGS (more train.py options), PLAIN_ATTACKS (the
 # rows without a prior, run on every split point as soon as the victim is trained, while the priors train),
 # PRIOR_ATTACKS (on SPLITS, then ENCODER_ATTACKS on ENCODER_SPLITS, then PRIOR_ATTACKS on MORE_SPLITS, each only
-# while time is left), BENCH_ARGS, JOBS (8), DEADLINE (seconds after the start by which packing begins, 510).
+# while time is left), BENCH_ARGS, JOBS (8), DEADLINE (seconds after the start by which packing begins, 510), TRAIN
+# (1; 0: the victim and priors are already in $WORK, from an earlier call: attack only, and bring back only the runs).
 set -uo pipefail
 START=$SECONDS
 PYTHON=${PYTHON:-python3}
@@ -26,7 +27,8 @@ VICTIM_ARGS=${VICTIM_ARGS:-}
 PRIOR_ARGS=${PRIOR_ARGS:-}
 SPLITS=${SPLITS:-layer4 layer3 layer2}
 MORE_SPLITS=${MORE_SPLITS-layer1 conv1}
-PLAIN_ATTACKS=${PLAIN_ATTACKS:-rmle lm}
+TRAIN=${TRAIN:-1}
+PLAIN_ATTACKS=${PLAIN_ATTACKS-rmle lm}
 PRIOR_ATTACKS=${PRIOR_ATTACKS:-pfo glass pfo_pixel}
 ENCODER_ATTACKS=${ENCODER_ATTACKS-pfo_encoder}
 ENCODER_SPLITS=${ENCODER_SPLITS:-layer4}
@@ -56,10 +58,10 @@ train() {  # name config args...
   say "train $name: exit $?"
 }
 # shellcheck disable=SC2086  # the *_ARGS knobs are lists of options
-train victim configs/victim_cifar10_resnet18.yaml $VICTIM_ARGS &
-VICTIM_PID=$!
-PRIOR_PIDS=()
+VICTIM_PID=() PRIOR_PIDS=()
+[ "$TRAIN" = 1 ] && { train victim configs/victim_cifar10_resnet18.yaml $VICTIM_ARGS & VICTIM_PID=($!); }
 for prior in cifar10 tinyimagenet; do
+  [ "$TRAIN" = 1 ] || break
   # shellcheck disable=SC2086
   train "gan_$prior" "configs/gan_$prior.yaml" --trainer.max_steps 1000000 --trainer.max_time "$PRIOR_TIME" \
     --data.init_args.batch_size "$PRIOR_BATCH" $PRIOR_ARGS &
@@ -73,6 +75,7 @@ PRIORS=(--prior "cifar10=$WORK/gan_cifar10/generator.pt" --prior "tinyimagenet=$
 bench() {  # jobs attacks splits...  (attacks: one word, space-separated names quoted)
   local jobs=$1 attacks=$2; shift 2
   local seconds=$((DEADLINE - (SECONDS - START)))
+  [ -n "$attacks" ] || return 0
   if [ "$seconds" -lt 30 ]; then say "no time left for $attacks at $*"; return; fi
   say "benchmark $attacks at $* (up to $seconds s)"
   # shellcheck disable=SC2086
@@ -81,12 +84,12 @@ bench() {  # jobs attacks splits...  (attacks: one word, space-separated names q
     >>"$WORK/bench.log" 2>&1
   say "benchmark $attacks at $*: exit $?"
 }
-wait "$VICTIM_PID"
-grep -h -o -E "val/accuracy=[0-9.]+" "$WORK/victim.log" | tail -n 1 >>"$LOG"
+[ ${#VICTIM_PID[@]} -eq 0 ] || wait "${VICTIM_PID[@]}"  # (a bare `wait` would wait for every job)
+[ "$TRAIN" = 1 ] && grep -h -o -E "val/accuracy=[0-9.]+" "$WORK/victim.log" | tail -n 1 >>"$LOG"
 # shellcheck disable=SC2086
 bench 4 "$PLAIN_ATTACKS" $SPLITS $MORE_SPLITS &
 PLAIN_PID=$!
-wait "${PRIOR_PIDS[@]}"
+[ ${#PRIOR_PIDS[@]} -eq 0 ] || wait "${PRIOR_PIDS[@]}"
 # shellcheck disable=SC2086
 bench "$JOBS" "$PRIOR_ATTACKS" $SPLITS
 # shellcheck disable=SC2086
@@ -97,6 +100,8 @@ wait "$PLAIN_PID"
 
 # 3. Pack for the trip back.
 say "pack"
-"$PYTHON" bench/device_pack.py pack "$WORK" --out "$PACK" >>"$LOG" 2>&1 || say "pack failed"
+PACK_ARGS=()
+[ "$TRAIN" = 1 ] || PACK_ARGS=(--runs_only)  # the victim and priors are already at home
+"$PYTHON" bench/device_pack.py pack "$WORK" --out "$PACK" "${PACK_ARGS[@]}" >>"$LOG" 2>&1 || say "pack failed"
 tail -n 40 "$WORK/bench.log" >>"$LOG" 2>/dev/null
 say "done"

@@ -9,6 +9,7 @@ membership of the original: a prior trained there on ``public`` never sees a fil
 
     python bench/pack_device_data.py --source ../shared/data --bundle .carry/data.bundle --tinyimagenet 3800
     python bench/pack_device_data.py --unpack .carry/data.bundle --dest /tmp/pfo_data   # on the device machine
+    python bench/pack_device_data.py --cifar10_train 10 --tinyimagenet 0   # a call that only attacks
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import sys
 from pathlib import Path
 
 
-def cifar10_files(source: Path) -> list[Path]:
-    """Every file of CIFAR-10's ``train/`` and ``test/`` class folders."""
+def cifar10_files(source: Path, train: int | None = None) -> list[Path]:
+    """The files of CIFAR-10's ``test/`` class folders and of ``train/`` (only the first ``train`` of them when
+    given: a call that only attacks needs the test images, and the data module a non-empty ``train/``)."""
     files = []
     for part in ("train", "test"):
         folder = source / "cifar10" / part
         if not folder.is_dir():
             raise SystemExit(f"no CIFAR-10 class folders at {folder}: point --source at the folder holding cifar10/")
-        files += sorted(folder.glob("*/*"))
+        found = sorted(folder.glob("*/*"))
+        files += found[:train] if part == "train" and train is not None else found
     return files
 
 
@@ -39,7 +42,7 @@ def tinyimagenet_files(source: Path, count: int) -> tuple[list[Path], str]:
     return [root / "images" / line.split("\t")[0] for line in lines], "\n".join(lines) + "\n"
 
 
-def write_bundle(source: Path, bundle: Path, tinyimagenet: int) -> dict[str, int]:
+def write_bundle(source: Path, bundle: Path, tinyimagenet: int, cifar10_train: int | None = None) -> dict[str, int]:
     """Write the files' bytes back to back into ``bundle`` and ``<bundle>.json.gz`` (path -> offset, length);
     returns the bytes per data set."""
     entries: dict[str, tuple[int, int]] = {}
@@ -53,7 +56,7 @@ def write_bundle(source: Path, bundle: Path, tinyimagenet: int) -> dict[str, int
             name = relative.split("/")[0]
             sizes[name] = sizes.get(name, 0) + len(data)
 
-        for path in cifar10_files(source):
+        for path in cifar10_files(source, cifar10_train):
             add(path.relative_to(source).as_posix(), path.read_bytes())
         if tinyimagenet > 0:
             images, annotations = tinyimagenet_files(source, tinyimagenet)
@@ -89,13 +92,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", default="../shared/data", help="folder holding cifar10/ and tiny_imagenet_val/")
     parser.add_argument("--bundle", default=".carry/data.bundle", help="the bundle to write (an ignored folder)")
     parser.add_argument("--tinyimagenet", type=int, default=3800, help="Tiny-ImageNet images to bundle (0: none)")
+    parser.add_argument(
+        "--cifar10_train", type=int, help="bundle only the first N CIFAR-10 training images (default: all)"
+    )
     parser.add_argument("--unpack", metavar="BUNDLE", help="unpack this bundle into --dest instead")
     parser.add_argument("--dest", default="data", help="where --unpack writes the data sets")
     args = parser.parse_args(argv)
     if args.unpack:
         print(f"unpacked {unpack(Path(args.unpack), Path(args.dest))} files into {args.dest}")
         return
-    sizes = write_bundle(Path(args.source), Path(args.bundle), args.tinyimagenet)
+    sizes = write_bundle(Path(args.source), Path(args.bundle), args.tinyimagenet, args.cifar10_train)
     for name, size in sizes.items():
         print(f"{name}: {size / 2**20:.1f} MiB")
     total = Path(args.bundle).stat().st_size + index_path(Path(args.bundle)).stat().st_size

@@ -57,6 +57,15 @@ def test_the_data_bundle_unpacks_to_the_same_files_and_the_same_splits(tmp_path,
     assert [r.key for r in tin] == ["val_0.JPEG", "val_1.JPEG", "val_2.JPEG"]  # only the images bundled are listed
     assert all(Path(r.source).read_bytes() == (source / "tiny_imagenet_val/images" / r.key).read_bytes() for r in tin)
 
+    # A call that only attacks takes the test images and a few training images (the data module wants train/).
+    small = tmp_path / "small"
+    pack_device_data.write_bundle(source, small / "data.bundle", tinyimagenet=0, cifar10_train=3)
+    pack_device_data.unpack(small / "data.bundle", small / "copy")
+    assert len(list((small / "copy" / "cifar10" / "train").rglob("*.jpg"))) == 3
+    test = CIFAR10(root=str(small / "copy" / "cifar10")).records("test")
+    assert [r.key for r in test] == [r.key for r in original.records("test")]
+    assert not (small / "copy" / "tiny_imagenet_val").exists()
+
 
 def attack_result(index: int, original: torch.Tensor, stages: int = 3) -> dict:
     """A target's result as an attack writes it (``pfo.attacks.base``), without LPIPS."""
@@ -129,6 +138,13 @@ def test_the_pack_brings_back_every_result_the_victim_and_the_priors(tmp_path, m
         assert json.loads((outputs.folder / "summary.json").read_text()) == json.loads(
             (sent.folder / "summary.json").read_text()
         )
+
+    # After a call that only attacked, only the runs come back (the victim and the priors are at home already).
+    packed = device_pack.pack(tmp_path / "work", tmp_path / "runs_only", runs_only=True)
+    assert [p.name for p in packed] == [device_pack.RUNS]
+    device_pack.unpack(tmp_path / "runs_only", tmp_path / "home2")
+    assert sorted(p.name for p in (tmp_path / "home2").iterdir()) == ["bench", device_pack.ORIGINALS]
+    assert AttackOutputs(tmp_path / "home2" / "bench" / "pfo_layer4_cifar10").finished() == set(originals)
 
 
 def test_the_pack_refuses_runs_whose_targets_disagree(tmp_path):
@@ -224,3 +240,13 @@ def test_the_gpu_call_runs_end_to_end_at_tiny_size_on_the_cpu(tmp_path, make_ima
         AttackOutputs(run).finished() for run in (tmp_path / "home" / "bench").glob("*_layer4_*") if run.is_dir()
     ]
     assert len(targets[0]) == 2 and all(t == targets[0] for t in targets)  # every attack on the same two targets
+
+    # A second call with the victim and priors already there (TRAIN=0): no training, the runs alone come back.
+    env.update(TRAIN="0", PACK=str(tmp_path / "out2"), PLAIN_ATTACKS="", PRIOR_ATTACKS="glass")
+    done = subprocess.run(["bash", "bench/gpu_strong_priors.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    log = (tmp_path / "out2" / "log.txt").read_text()
+    assert done.returncode == 0 and "benchmark glass at layer4: exit 0" in log, done.stdout + done.stderr + log
+    assert "] train " not in log and sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["log.txt", "runs.tar.gz"]
+    device_pack.unpack(tmp_path / "out2", tmp_path / "home2")
+    glass = [p for p in (tmp_path / "home2" / "bench").glob("glass_layer4_*") if p.is_dir()]
+    assert len(glass) == 2 and all(AttackOutputs(p).finished() == targets[0] for p in glass)
