@@ -234,6 +234,9 @@ def shrink_budgets(args: dict) -> None:
             args[key] = value
     if args.get("restarts"):
         args["restarts"] = 1
+    for entry in (args.get("radius_rule") or {}).values():  # a rule's schedule keeps the shrunk stages and budget
+        if isinstance(entry, dict) and isinstance(entry.get("steps"), list):
+            entry["steps"] = [1] * len(entry["steps"])
 
 
 def set_dotted(config: dict, key: str, value: Any) -> None:
