@@ -18,6 +18,7 @@ from test_reconstruction import _one_thread, prior  # noqa: F401 (_one_thread: a
 from pfo.artifacts import ArtifactError
 from pfo.attacks import PFO, GaussianNoise, LatentEncoderTrainer, PFOExtended, calibrate_radius, rule_yaml
 from pfo.attacks.encoder_trainer import load_encoder
+from pfo.attacks.radius_calibration import RadiusCalibration
 from pfo.data import SyntheticImages
 from pfo.metrics import psnr
 from pfo.threat_model import ThreatModelError
@@ -233,6 +234,33 @@ def test_calibration_keeps_the_grid_value_with_the_best_public_psnr():
     snippet = yaml.safe_load(rule_yaml([result]))
     assert snippet == {"radius_rule": {"layer1": {"feature_radius": result.best}}}
     assert extended(**snippet).split_rule == {"feature_radius": result.best}
+
+
+def calibration_of(option: str, psnrs: dict) -> RadiusCalibration:
+    """A calibration's rows and choice as ``calibrate_radius`` makes them, from given mean PSNRs."""
+    result = RadiusCalibration(split_point="layer4", option=option, indices=[0, 1])
+    for value, mean in psnrs.items():
+        value = None if value == "null" else yaml.safe_load(value) if isinstance(value, str) else value
+        result.rows.append(
+            dict(value=value, psnr_mean=mean, psnr_median=mean, psnr_std=0.0, feature_loss=0.0, seconds=1.0)
+        )
+    result.best = max(result.rows, key=lambda r: r["psnr_mean"])["value"]
+    return result
+
+
+def test_a_radius_chosen_at_the_grids_edge_says_where_to_look_next():
+    # layer4's calibration of 2026-11-30: the smallest value won, and the optimum below it was unknown
+    low = calibration_of("feature_radius", {0.01: 13.23, 0.03: 12.81, 0.1: 10.88, 0.3: 9.93})
+    assert "below 0.01" in low.edge_hint and low.table().endswith(low.edge_hint)
+    high = calibration_of("feature_radius", {0.01: 31.7, 0.1: 39.6, 0.3: 40.0})
+    assert "above 0.3" in high.edge_hint
+    for inside in (
+        calibration_of("feature_radius", {0.01: 18.0, 0.03: 18.8, 0.1: 18.4}),  # a peak inside the grid
+        calibration_of("pixel_radius", {0.02: 30.0, "null": 31.0}),  # no ball won: nothing beyond it
+        calibration_of("pixel_radius", {0.02: 30.0}),  # one value: no grid to extend
+        calibration_of("steps", {"[200,100,100,50,50]": 13.0, "[200,100,100,100,0]": 13.2}),  # schedules
+    ):
+        assert inside.edge_hint is None and "chosen at the grid" not in inside.table()
 
 
 def test_the_schedule_is_calibrated_like_a_radius_within_one_budget():

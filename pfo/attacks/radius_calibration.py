@@ -42,8 +42,21 @@ class RadiusCalibration:
     rows: list[dict] = field(default_factory=list)  # value, psnr_mean, psnr_median, psnr_std, feature_loss, seconds
     best: float | list[int] | None = None
 
+    @property
+    def edge_hint(self) -> str | None:
+        """Where a radius chosen at the end of its (numeric) grid leaves the optimum unknown, the values to try next;
+        ``None`` when the choice lies inside the grid, the option is a schedule, or the choice is ``null`` (no ball)."""
+        numbers = sorted(r["value"] for r in self.rows if isinstance(r["value"], (int, float)))
+        if self.option == "steps" or len(numbers) < 2 or not isinstance(self.best, (int, float)):
+            return None
+        if self.best == numbers[0]:
+            return f"chosen at the grid's smallest value: the best may lie below {self.best:g}; try smaller values too"
+        if self.best == numbers[-1]:
+            return f"chosen at the grid's largest value: the best may lie above {self.best:g}; try larger values too"
+        return None
+
     def table(self) -> str:
-        """The rows as a Markdown table, the chosen value marked."""
+        """The rows as a Markdown table, the chosen value marked (and a hint when it is at the grid's edge)."""
         lines = [
             f"{self.option} at {self.split_point} on {len(self.indices)} public images",
             "",
@@ -57,6 +70,8 @@ class RadiusCalibration:
                 f"| {value} | {row['psnr_mean']:.2f} | {row['psnr_median']:.2f} | {row['psnr_std']:.2f} | "
                 f"{row['feature_loss']:.4g} | {row['seconds']:.2f} | {mark} |"
             )
+        if self.edge_hint:
+            lines += ["", self.edge_hint]
         return "\n".join(lines)
 
 
