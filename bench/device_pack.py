@@ -22,6 +22,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pfo, uninstalled too (a bare GPU machine)
+
+from pfo.attacks.outputs import TARGETS_DIR, AttackOutputs  # noqa: E402 (after the path above)
+
 PART_BYTES = 15 * 2**20
 VICTIM = "victim_cifar10_resnet18/victim.pt"
 PRIORS = ("gan_cifar10", "gan_tinyimagenet")
@@ -35,7 +39,7 @@ LOG_LINES = 300
 
 def slim_target(path: Path, originals: dict[int, torch.Tensor]) -> bytes:
     """A target file's bytes without its stage images and original (the original is kept in ``originals``)."""
-    result = torch.load(path, map_location="cpu", weights_only=True)
+    result = AttackOutputs(path.parent.parent).read_target(int(path.stem))  # refuses a damaged file by name
     original = result.pop("original", None)
     if original is not None:
         known = originals.setdefault(int(result["index"]), original)
@@ -75,8 +79,7 @@ def pack(work: Path, out: Path, runs_only: bool = False) -> list[Path]:
         if generator.is_file() and not runs_only:
             written.append(Path(shutil.copyfile(generator, out / f"{prior}.generator.pt")))
     originals: dict[int, torch.Tensor] = {}
-    samples = sorted(work.glob("*/samples/*.png"))
-    dropped = {p for p in samples if p not in set(sorted(p.parent.glob("*.png"))[-2:])}  # each prior's last two
+    dropped = {p for folder in work.glob("*/samples") for p in sorted(folder.glob("*.png"))[:-2]}  # keep the last 2
     dropped |= set(work.glob("bench/*/comparison.png"))  # redrawn by the merge at home
     with tarfile.open(out / RUNS, "w:gz", compresslevel=6) as tar:
         for path in sorted(work.rglob("*")):
@@ -121,12 +124,12 @@ def unpack(files: Path, dest: Path) -> None:
         tar.extractall(dest, filter="data")
     originals = torch.load(dest / ORIGINALS, map_location="cpu", weights_only=True)
     restored = 0
-    for path in sorted(dest.rglob("targets/*.pt")):
-        result = torch.load(path, map_location="cpu", weights_only=True)
-        if "original" not in result and int(result["index"]) in originals:
-            result["original"] = originals[int(result["index"])]
-            torch.save(result, path)
-            restored += 1
+    for outputs in (AttackOutputs(folder.parent) for folder in sorted(dest.rglob(TARGETS_DIR)) if folder.is_dir()):
+        for index in sorted(outputs.finished()):
+            result = outputs.read_target(index)
+            if "original" not in result and index in originals:
+                outputs.write_target(index, {**result, "original": originals[index]})  # atomically, as attacks do
+                restored += 1
     print(f"{runs.name}: extracted into {dest}; originals put back into {restored} target files")
 
 

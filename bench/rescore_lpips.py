@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from pfo.attacks.outputs import AttackOutputs
-from pfo.metrics import LPIPS_MIN_SIZE, load_lpips, lpips_distance
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pfo, uninstalled too (a bare GPU machine)
+
+from pfo.attacks.outputs import AttackOutputs  # noqa: E402 (after the path above)
+from pfo.metrics import LPIPS_MIN_SIZE, load_lpips, lpips_distance  # noqa: E402 (after the path above)
 
 
 def run_folders(roots: list[Path]) -> list[Path]:
