@@ -1,8 +1,9 @@
 """Pack what a GPU call made (``bench/gpu_strong_priors.sh``) into the few files a device call brings back, and unpack
 them at home into the same layout, so ``bench/benchmark.py --report_only`` tabulates the runs as if made here.
 
-A call brings back at most 8 files of at most 16 MiB each (64 MiB in all). So: the victim file gzipped and cut into
-parts, each prior's ``generator.pt`` as it is, and one archive of the attack runs and the training logs. Each
+A call brings back at most 8 files of at most 16 MiB each (64 MiB in all). So: the victim file
+(``victim_<name>/victim.pt``, CIFAR-10's or the faces') gzipped and cut into parts, each prior's
+``gan_<name>/generator.pt`` as it is, and one archive of the attack runs and the training logs. Each
 target's file loses its per-stage images and its original (the originals, the same 16 targets in every run, are kept
 once in ``originals.pt`` and put back on unpacking); every metric, reconstruction and timing stays.
 
@@ -27,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pfo, uninstalled
 from pfo.attacks.outputs import TARGETS_DIR, AttackOutputs  # noqa: E402 (after the path above)
 
 PART_BYTES = 15 * 2**20
-VICTIM = "victim_cifar10_resnet18/victim.pt"
-PRIORS = ("gan_cifar10", "gan_tinyimagenet")
+VICTIMS = "victim_*/victim.pt"  # the victims a call trained (one per setting), relative to its work folder
+PRIORS = "gan_*/generator.pt"  # and its priors
+PART = ".victim.pt.gz."  # <victim folder>.victim.pt.gz.NN: a victim's parts
 RUNS = "runs.tar.gz"
 ORIGINALS = "originals.pt"
 # What of a run or training folder travels back (TensorBoard events, per-image PNGs and all but each prior's last two
@@ -67,17 +69,14 @@ def pack(work: Path, out: Path, runs_only: bool = False) -> list[Path]:
     home, and their training folders behind)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    victim = work / VICTIM
-    if victim.is_file() and not runs_only:
+    for victim in [] if runs_only else sorted(work.glob(VICTIMS)):
         data = gzip.compress(victim.read_bytes(), compresslevel=1)
         for k in range(0, len(data), PART_BYTES):
-            part = out / f"victim.pt.gz.{k // PART_BYTES:02d}"
+            part = out / f"{victim.parent.name}{PART}{k // PART_BYTES:02d}"
             part.write_bytes(data[k : k + PART_BYTES])
             written.append(part)
-    for prior in PRIORS:
-        generator = work / prior / "generator.pt"
-        if generator.is_file() and not runs_only:
-            written.append(Path(shutil.copyfile(generator, out / f"{prior}.generator.pt")))
+    for generator in [] if runs_only else sorted(work.glob(PRIORS)):
+        written.append(Path(shutil.copyfile(generator, out / f"{generator.parent.name}.generator.pt")))
     originals: dict[int, torch.Tensor] = {}
     dropped = {p for folder in work.glob("*/samples") for p in sorted(folder.glob("*.png"))[:-2]}  # keep the last 2
     dropped |= set(work.glob("bench/*/comparison.png"))  # redrawn by the merge at home
@@ -105,18 +104,17 @@ def pack(work: Path, out: Path, runs_only: bool = False) -> list[Path]:
 
 def unpack(files: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    parts = sorted(files.glob("victim.pt.gz.*"))
-    if parts:
-        victim = dest / VICTIM
+    for name in sorted({p.name.split(PART)[0] for p in files.glob(f"*{PART}*")}):
+        parts = sorted(files.glob(f"{name}{PART}*"))
+        victim = dest / name / "victim.pt"
         victim.parent.mkdir(parents=True, exist_ok=True)
         victim.write_bytes(gzip.decompress(b"".join(p.read_bytes() for p in parts)))
         print(f"{victim} ({len(parts)} parts)")
-    for prior in PRIORS:
-        generator = files / f"{prior}.generator.pt"
-        if generator.is_file():
-            (dest / prior).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(generator, dest / prior / "generator.pt")
-            print(dest / prior / "generator.pt")
+    for generator in sorted(files.glob("*.generator.pt")):
+        prior = dest / generator.name.removesuffix(".generator.pt") / "generator.pt"
+        prior.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(generator, prior)
+        print(prior)
     runs = files / RUNS
     if not runs.is_file():
         return

@@ -2,14 +2,22 @@
 # One prepared call on a GPU machine (issue 15, item 4): train the CIFAR-10 victim from its config and the two
 # CIFAR-10 priors (the public CIFAR-10 half: in distribution; Tiny-ImageNet: out of distribution) far longer than two
 # CPU cores can, side by side on the one GPU, then run the benchmark's attacks with them on the same 16 targets.
+# SETTING=faces does the same for the 64-px faces: the ImageNet-stem LFW victim, the LFW prior on the public people
+# (in distribution), and the pretrained DigiFace prior (out of distribution, its weights carried in $WEIGHTS).
 # Everything it makes is packed into $PACK for the trip back (bench/device_pack.py): the victim, both priors, every
 # attack run (LPIPS is added back home, where the AlexNet weights are: bench/rescore_lpips.py).
 #
 #   python bench/pack_device_data.py --source ../shared/data --bundle .carry/data.bundle   # CPU machine, once
 #   bash bench/gpu_strong_priors.sh                                                        # GPU machine
 #   python bench/device_pack.py unpack <files back> --dest logs/gpu                       # CPU machine
+# The faces (45 MiB to carry):
+#   python bench/pack_device_data.py --lfw --no_cifar10 --tinyimagenet 0 && mkdir -p .carry/weights && \
+#       cp ../shared/weights/digiface_dcgan64_weights.tar .carry/weights/
+#   SETTING=faces WORK=logs/gpu_faces bash bench/gpu_strong_priors.sh
 #
-# Knobs (environment): PYTHON (python3), BUNDLE (.carry/data.bundle; empty: use $PFO_DATA_ROOT as it is), WORK
+# Knobs (environment): SETTING (cifar10 or faces), WEIGHTS (.carry/weights: the pretrained priors' weights, the
+# call's PFO_PRIOR_CACHE, when that folder exists), NAMED_PRIORS (the pretrained priors, name=pretrained name;
+# faces: digiface=digiface-dcgan64), PYTHON (python3), BUNDLE (.carry/data.bundle; empty: use $PFO_DATA_ROOT as it is), WORK
 # (logs/gpu), PACK ($OUT, else $WORK/pack), PRIOR_TIME (each prior's Lightning max_time, 00:00:05:00),
 # PRIOR_BATCH (64, NVlabs' CIFAR-10 batch), VICTIM_ARGS and PRIOR_ARGS (more train.py options), PLAIN_ATTACKS (the
 # rows without a prior, run on every split point as soon as the victim is trained, while the priors train),
@@ -18,6 +26,17 @@
 # (1; 0: the victim and priors are already in $WORK, from an earlier call: attack only, and bring back only the runs).
 set -uo pipefail
 START=$SECONDS
+SETTING=${SETTING:-cifar10}
+case "$SETTING" in
+  cifar10) VICTIM_NAME=victim_cifar10_resnet18 TRAINED_PRIORS="cifar10 tinyimagenet" DEFAULT_NAMED=""
+    DEFAULT_MORE="layer1 conv1" DEFAULT_ENCODER=pfo_encoder ;;
+  faces) VICTIM_NAME=victim_lfw_resnet18 TRAINED_PRIORS="lfw" DEFAULT_NAMED="digiface=digiface-dcgan64"
+    DEFAULT_MORE="" DEFAULT_ENCODER="" ;;
+  *) echo "SETTING is cifar10 or faces, not '$SETTING'" >&2; exit 2 ;;
+esac
+NAMED_PRIORS=${NAMED_PRIORS-$DEFAULT_NAMED}
+WEIGHTS=${WEIGHTS:-.carry/weights}
+[ -d "$WEIGHTS" ] && export PFO_PRIOR_CACHE="$WEIGHTS"
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-logs/gpu}
 PACK=${PACK:-${OUT:-$WORK/pack}}
@@ -26,11 +45,11 @@ PRIOR_BATCH=${PRIOR_BATCH:-64}
 VICTIM_ARGS=${VICTIM_ARGS:-}
 PRIOR_ARGS=${PRIOR_ARGS:-}
 SPLITS=${SPLITS:-layer4 layer3 layer2}
-MORE_SPLITS=${MORE_SPLITS-layer1 conv1}
+MORE_SPLITS=${MORE_SPLITS-$DEFAULT_MORE}
 TRAIN=${TRAIN:-1}
 PLAIN_ATTACKS=${PLAIN_ATTACKS-rmle lm}
 PRIOR_ATTACKS=${PRIOR_ATTACKS:-pfo glass pfo_pixel}
-ENCODER_ATTACKS=${ENCODER_ATTACKS-pfo_encoder}
+ENCODER_ATTACKS=${ENCODER_ATTACKS-$DEFAULT_ENCODER}
 ENCODER_SPLITS=${ENCODER_SPLITS:-layer4}
 BENCH_ARGS=${BENCH_ARGS:---targets 16 --steps 500 --noise 0}
 JOBS=${JOBS:-8}
@@ -40,7 +59,7 @@ mkdir -p "$WORK" "$PACK"
 LOG="$PACK/log.txt"
 say() { echo "[$((SECONDS - START)) s] $*" | tee -a "$LOG"; }
 
-say "start $(date -u +%FT%TZ) on $(hostname)"
+say "start $(date -u +%FT%TZ) on $(hostname), setting $SETTING"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$LOG" 2>&1 || say "no nvidia-smi"
 "$PYTHON" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, \
 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >>"$LOG" 2>&1
@@ -49,7 +68,7 @@ if [ -n "$BUNDLE" ]; then
   "$PYTHON" bench/pack_device_data.py --unpack "$BUNDLE" --dest "$PFO_DATA_ROOT" >>"$LOG" 2>&1 || say "unpack failed"
 fi
 
-# 1. The victim and the two priors, side by side (each its own process; the GPU has room for all three).
+# 1. The victim and the priors, side by side (each its own process; the GPU has room for all three).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1
 train() {  # name config args...
   local name=$1 config=$2; shift 2
@@ -59,16 +78,19 @@ train() {  # name config args...
 }
 # shellcheck disable=SC2086  # the *_ARGS knobs are lists of options
 VICTIM_PID=() PRIOR_PIDS=()
-[ "$TRAIN" = 1 ] && { train victim configs/victim_cifar10_resnet18.yaml $VICTIM_ARGS & VICTIM_PID=($!); }
-for prior in cifar10 tinyimagenet; do
+[ "$TRAIN" = 1 ] && { train victim "configs/$VICTIM_NAME.yaml" $VICTIM_ARGS & VICTIM_PID=($!); }
+for prior in $TRAINED_PRIORS; do
   [ "$TRAIN" = 1 ] || break
   # shellcheck disable=SC2086
   train "gan_$prior" "configs/gan_$prior.yaml" --trainer.max_steps 1000000 --trainer.max_time "$PRIOR_TIME" \
     --data.init_args.batch_size "$PRIOR_BATCH" $PRIOR_ARGS &
   PRIOR_PIDS+=($!)
 done
-VICTIM="$WORK/victim_cifar10_resnet18/victim.pt"
-PRIORS=(--prior "cifar10=$WORK/gan_cifar10/generator.pt" --prior "tinyimagenet=$WORK/gan_tinyimagenet/generator.pt")
+VICTIM="$WORK/$VICTIM_NAME/victim.pt"
+PRIORS=() NAMES=()  # the files (--prior) and the rows (--priors: only these, not every prior of the setting)
+for prior in $TRAINED_PRIORS; do PRIORS+=(--prior "$prior=$WORK/gan_$prior/generator.pt") NAMES+=("$prior"); done
+for prior in $NAMED_PRIORS; do PRIORS+=(--prior "$prior") NAMES+=("${prior%%=*}"); done
+PRIORS+=(--priors "${NAMES[@]}")
 
 # 2. The benchmark: the attacks without a prior as soon as the victim exists, the ones with a prior once the priors do.
 #    A benchmark cut short by the deadline keeps every finished cell (each run folder is tabulated on its own).
@@ -79,7 +101,8 @@ bench() {  # jobs attacks splits...  (attacks: one word, space-separated names q
   if [ "$seconds" -lt 30 ]; then say "no time left for $attacks at $*"; return; fi
   say "benchmark $attacks at $* (up to $seconds s)"
   # shellcheck disable=SC2086
-  timeout -k 10 "$seconds" "$PYTHON" bench/benchmark.py --victim "$VICTIM" "${PRIORS[@]}" --splits "$@" \
+  timeout -k 10 "$seconds" "$PYTHON" bench/benchmark.py --setting "$SETTING" --victim "$VICTIM" "${PRIORS[@]}" \
+    --splits "$@" \
     --attacks $attacks $BENCH_ARGS --jobs "$jobs" --out "$WORK/bench" --cache "$WORK/bench_cache" \
     >>"$WORK/bench.log" 2>&1
   say "benchmark $attacks at $*: exit $?"

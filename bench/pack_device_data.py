@@ -2,7 +2,9 @@
 git), and unpack it there.
 
 A device machine sees only the checkout, and at most 64 MiB of it: CIFAR-10 (its ``train/`` and ``test/`` class
-folders, 53 MiB as the JPEGs of ``../shared/data``) fits whole, Tiny-ImageNet only in part. The 64,000 small files
+folders, 53 MiB as the JPEGs of ``../shared/data``) fits whole, Tiny-ImageNet only in part beside it; the faces
+setting's LFW (``lfw64/``, 31 MiB) fits whole, with room for the DigiFace prior's 14 MiB of weights (copied as they are
+into ``.carry/weights/``, the call's ``PFO_PRIOR_CACHE``). The 64,000 small files
 travel as one bundle (their bytes back to back, and a JSON index), which costs nothing per file. Splits are a pure
 function of each file's key (``pfo.data.splits``), so the copy has exactly the ``private``/``public``/``test``
 membership of the original: a prior trained there on ``public`` never sees a file the victim trains on here.
@@ -10,6 +12,7 @@ membership of the original: a prior trained there on ``public`` never sees a fil
     python bench/pack_device_data.py --source ../shared/data --bundle .carry/data.bundle --tinyimagenet 3800
     python bench/pack_device_data.py --unpack .carry/data.bundle --dest /tmp/pfo_data   # on the device machine
     python bench/pack_device_data.py --cifar10_train 10 --tinyimagenet 0   # a call that only attacks
+    python bench/pack_device_data.py --lfw --no_cifar10 --tinyimagenet 0   # the faces setting (SETTING=faces)
 """
 
 from __future__ import annotations
@@ -42,7 +45,23 @@ def tinyimagenet_files(source: Path, count: int) -> tuple[list[Path], str]:
     return [root / "images" / line.split("\t")[0] for line in lines], "\n".join(lines) + "\n"
 
 
-def write_bundle(source: Path, bundle: Path, tinyimagenet: int, cifar10_train: int | None = None) -> dict[str, int]:
+def lfw_files(source: Path) -> list[Path]:
+    """Every image of ``lfw64/`` (the faces victim's people and the public people alike: one call trains both)."""
+    folder = source / "lfw64"
+    found = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not found:
+        raise SystemExit(f"no LFW images at {folder}: point --source at the folder holding lfw64/")
+    return found
+
+
+def write_bundle(
+    source: Path,
+    bundle: Path,
+    tinyimagenet: int,
+    cifar10_train: int | None = None,
+    cifar10: bool = True,
+    lfw: bool = False,
+) -> dict[str, int]:
     """Write the files' bytes back to back into ``bundle`` and ``<bundle>.json.gz`` (path -> offset, length);
     returns the bytes per data set."""
     entries: dict[str, tuple[int, int]] = {}
@@ -56,7 +75,7 @@ def write_bundle(source: Path, bundle: Path, tinyimagenet: int, cifar10_train: i
             name = relative.split("/")[0]
             sizes[name] = sizes.get(name, 0) + len(data)
 
-        for path in cifar10_files(source, cifar10_train):
+        for path in (cifar10_files(source, cifar10_train) if cifar10 else []) + (lfw_files(source) if lfw else []):
             add(path.relative_to(source).as_posix(), path.read_bytes())
         if tinyimagenet > 0:
             images, annotations = tinyimagenet_files(source, tinyimagenet)
@@ -89,19 +108,25 @@ def unpack(bundle: Path, dest: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default="../shared/data", help="folder holding cifar10/ and tiny_imagenet_val/")
+    parser.add_argument(
+        "--source", default="../shared/data", help="folder holding cifar10/, tiny_imagenet_val/ and lfw64/"
+    )
     parser.add_argument("--bundle", default=".carry/data.bundle", help="the bundle to write (an ignored folder)")
     parser.add_argument("--tinyimagenet", type=int, default=3800, help="Tiny-ImageNet images to bundle (0: none)")
     parser.add_argument(
         "--cifar10_train", type=int, help="bundle only the first N CIFAR-10 training images (default: all)"
     )
+    parser.add_argument("--no_cifar10", action="store_true", help="leave CIFAR-10 out (a faces call)")
+    parser.add_argument("--lfw", action="store_true", help="bundle lfw64/ whole (the faces setting)")
     parser.add_argument("--unpack", metavar="BUNDLE", help="unpack this bundle into --dest instead")
     parser.add_argument("--dest", default="data", help="where --unpack writes the data sets")
     args = parser.parse_args(argv)
     if args.unpack:
         print(f"unpacked {unpack(Path(args.unpack), Path(args.dest))} files into {args.dest}")
         return
-    sizes = write_bundle(Path(args.source), Path(args.bundle), args.tinyimagenet, args.cifar10_train)
+    sizes = write_bundle(
+        Path(args.source), Path(args.bundle), args.tinyimagenet, args.cifar10_train, not args.no_cifar10, args.lfw
+    )
     for name, size in sizes.items():
         print(f"{name}: {size / 2**20:.1f} MiB")
     total = Path(args.bundle).stat().st_size + index_path(Path(args.bundle)).stat().st_size
