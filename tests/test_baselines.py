@@ -161,6 +161,20 @@ def decoders(tmp_path_factory) -> dict[str, str]:
     }
 
 
+def test_training_a_decoder_does_not_warn_about_the_victim_it_holds_frozen(tmp_path):
+    """Lightning warns of modules in eval mode at the start of training; the frozen victim is one on purpose, and a
+    user should not read that warning as a fault."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = train_decoder(tmp_path, steps=1)
+    assert not [w for w in caught if "eval mode at the start of training" in str(w.message)]
+    from pfo.attacks.inverse_network import load_decoder
+
+    assert load_decoder(path)[1]["split_point"] == "layer1"  # it did train, and saved its decoder
+
+
 def test_the_inverse_network_refuses_a_decoder_made_for_another_split_point_defense_or_victim(decoders, tmp_path):
     from pfo.artifacts import ArtifactError
     from pfo.attacks.inverse_network import load_decoder, save_decoder

@@ -67,6 +67,13 @@ def frozen_victim(victim: str | Path | dict | SplitModel, split_point: str | Non
     return freeze(model)
 
 
+def quiet_frozen_modules_warning() -> None:
+    """Lightning warns when a module is in eval mode as training starts. The decoder's and the encoder's trainers
+    hold the victim (and the prior) frozen in eval mode on purpose: the attacker can only query them. Called by each
+    such trainer (filters are process-wide and a repeated call adds nothing)."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.eval()
     for p in module.parameters():
