@@ -50,7 +50,7 @@ class AttackSpec:
     config: str
     uses_prior: bool = False
     learned: bool = False  # the inverse network: no per-target optimisation
-    extensions: tuple[str, ...] = ()  # PFOExtended's extensions on in this row: pixel, radius, encoder
+    extensions: tuple[str, ...] = ()  # PFOExtended's extensions on in this row: pixel, radius, encoder, mean
 
 
 EXTENDED = "configs/pfo_extended_resnet.yaml"
@@ -67,7 +67,10 @@ ATTACKS = {
     "pfo_all": AttackSpec("PFO+all", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "encoder")),
     # the calibrated PFO without the learned start (no encoder to train): the rule's radii and schedule, pixel stage
     "pfo_pixel_radius": AttackSpec("PFO+pixel+radius", EXTENDED, uses_prior=True, extensions=("pixel", "radius")),
+    # the mean of MEAN_CHAINS chains (PFOExtended's `chains`), each with 1/MEAN_CHAINS of the budget: PSNR's estimate
+    "pfo_radius_mean": AttackSpec("PFO+radius+mean", EXTENDED, uses_prior=True, extensions=("radius", "mean")),
 }
+MEAN_CHAINS = 4  # the chains a "mean" row averages; each gets steps // MEAN_CHAINS, so the target's budget holds
 BLOCK_LR, PIXEL_LR = 0.05, 0.01  # PFO's learning rate, and the pixel stage's (configs/pfo_extended_resnet.yaml's)
 CIFAR10_DATA = {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
 CIFAR10_PRIORS = {"cifar10": "configs/gan_cifar10.yaml", "tinyimagenet": "configs/gan_tinyimagenet.yaml"}
@@ -138,12 +141,18 @@ def pfo_stages(attack: str, steps: int) -> list[int]:
     return stages
 
 
+def chains_of(attack: str) -> int:
+    """How many chains a row's attack averages (1 but for a "mean" row)."""
+    return MEAN_CHAINS if "mean" in ATTACKS[attack].extensions else 1
+
+
 def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
     """The same per-target step budget for every optimisation attack, spread over its phases. PFO's rows share the
     paper's stages (40 % for W+, the rest over three block stages); with the pixel stage, the last block stage gives
     it half of its steps, so the budget stays ``steps``."""
     if attack == "pfo" or ATTACKS[attack].extensions:
-        stages = pfo_stages(attack, steps)
+        chains = chains_of(attack)
+        stages = pfo_stages(attack, steps // chains)
         lr = []
         if "pixel" in ATTACKS[attack].extensions:
             lr = ["--model.init_args.lr", json.dumps([BLOCK_LR] * (len(stages) - 1) + [PIXEL_LR])]
@@ -157,6 +166,7 @@ def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
             str(n_init),
             "--model.init_args.init_chunk",
             str(min(n_init, 64)),
+            *(["--model.init_args.chains", str(chains)] if chains > 1 else []),
         ]
     if attack == "glass":
         short = steps // 5
@@ -400,12 +410,28 @@ def extension_overrides(options: Options, attack: str, encoder: Path | None) -> 
         "--model.init_args.pixel_radius",
         str(options.pixel_radius),
         "--model.init_args.radius_rule",
-        json.dumps(options.radius_rule) if "radius" in on else "null",
+        json.dumps(chain_rule(options.radius_rule, on)) if "radius" in on else "null",
         "--model.init_args.init",
         "both" if "encoder" in on else "random",
         "--model.init_args.encoder",
         str(encoder) if "encoder" in on else "null",
     ]
+
+
+def chain_rule(rule: dict, extensions: tuple[str, ...]) -> dict:
+    """The radius rule as one of a "mean" row's chains uses it: each schedule shrunk to a chain's share of the
+    budget (proportionally, the rounding remainder to the first stage), so the chains together spend the row's."""
+    if "mean" not in extensions:
+        return rule
+    scaled = {}
+    for split, entry in rule.items():
+        if isinstance(entry, dict) and "steps" in entry:
+            total = sum(entry["steps"])
+            steps = [s * (total // MEAN_CHAINS) // total for s in entry["steps"]]
+            steps[0] += total // MEAN_CHAINS - sum(steps)
+            entry = {**entry, "steps": steps}
+        scaled[split] = entry
+    return scaled
 
 
 def extension_key(options: Options, attack: str) -> str:
@@ -419,6 +445,8 @@ def extension_key(options: Options, attack: str) -> str:
         "encoder_epochs": options.encoder_epochs if "encoder" in on else None,
         "encoder_overrides": options.encoder_overrides if "encoder" in on else None,
     }
+    if "mean" in on:  # only here: every other row keeps the key (and the finished runs) it had
+        settings["chains"] = MEAN_CHAINS
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
 
 
@@ -965,9 +993,9 @@ def check_radius_rule(options: Options) -> None:
         on = ATTACKS[attack].extensions
         if "radius" not in on:
             continue
-        stages = pfo_stages(attack, options.steps)
+        stages = pfo_stages(attack, options.steps // chains_of(attack))  # a chain's (the row's, but for a mean)
         try:
-            normalise_rule(options.radius_rule, len(stages) - 1 - ("pixel" in on), stages)
+            normalise_rule(chain_rule(options.radius_rule, on), len(stages) - 1 - ("pixel" in on), stages)
         except ValueError as error:
             raise ValueError(f"the {ATTACKS[attack].name} row (steps {stages}) cannot use it: {error}") from None
 

@@ -265,26 +265,31 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     rule.write_text("radius_rule:\n  layer1: {feature_radius: 0.05, pixel_radius: 0.01}\n")
     victim, prior, options = tiny_benchmark(
         tmp_path,
-        attacks=["pfo", "pfo_pixel", "pfo_encoder", "pfo_all", "pfo_pixel_radius"],
+        attacks=["pfo", "pfo_pixel", "pfo_encoder", "pfo_all", "pfo_pixel_radius", "pfo_radius_mean"],
         noise=0.0,
         encoder_overrides=TINY_TRAINING,
     )
+    options.steps = 8  # a mean row's 4 chains get 2 steps each
     with pytest.raises(ValueError, match="bench/calibrate_radius.py"):
         benchmark.extension_overrides(options, "pfo_radius", None)
     options.radius_rule = benchmark.load_radius_rule(rule, benchmark.argparse.ArgumentParser())
     rows = benchmark.run(options, victim, prior)
-    assert [r["attack"] for r in rows] == ["PFO", "PFO+pixel", "PFO+encoder", "PFO+all", "PFO+pixel+radius"]
+    names = ["PFO", "PFO+pixel", "PFO+encoder", "PFO+all", "PFO+pixel+radius", "PFO+radius+mean"]
+    assert [r["attack"] for r in rows] == names
     expected = {
         "PFO": (False, "random", None),
         "PFO+pixel": (True, "random", None),
         "PFO+encoder": (False, "both", None),
         "PFO+all": (True, "both", {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}),
         "PFO+pixel+radius": (True, "random", {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}),
+        "PFO+radius+mean": (False, "random", {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}),
     }
     for r in rows:
         config = yaml.safe_load((Path(r["summary"]["folder"]) / "config.yaml").read_text())["model"]
         args = config["init_args"]
-        assert sum(args["steps"]) == options.steps  # the same per-target budget as the paper's row
+        chains = args.get("chains", 1)  # a mean row's chains share the budget
+        assert sum(args["steps"]) * chains == options.steps  # the same per-target budget as the paper's row
+        assert chains == (benchmark.MEAN_CHAINS if r["attack"] == "PFO+radius+mean" else 1)
         if r["attack"] == "PFO":
             assert config["class_path"] == "pfo.attacks.PFO"
             continue
@@ -296,7 +301,7 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     encoders = list(options.cache.glob("encoder_cifar10_layer1_noise0_*/encoder.pt"))
     assert len(encoders) == 1  # one encoder per split point, defense and prior, shared by the rows that use it
     paired = benchmark.paired_rows(rows)
-    assert [p["attack"] for p in paired] == ["PFO+pixel", "PFO+encoder", "PFO+all", "PFO+pixel+radius"]
+    assert [p["attack"] for p in paired] == names[1:]
     reference = rows[0]["summary"]["metrics"]["psnr"]["mean"]
     for p, r in zip(paired, rows[1:]):  # the same targets: the mean difference is the difference of the means
         assert p["targets"] == 3 and p["row_ahead"] + p["reference_ahead"] <= 3
@@ -307,7 +312,7 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     before = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
     options.radius_rule = {"layer1": 0.2}
     after = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
-    assert {a for a in before if before[a] != after[a]} == {"pfo_all", "pfo_pixel_radius"}
+    assert {a for a in before if before[a] != after[a]} == {"pfo_all", "pfo_pixel_radius", "pfo_radius_mean"}
 
 
 def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
@@ -331,3 +336,11 @@ def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
     options.steps = 400
     with pytest.raises(ValueError, match="PFO\\+all row.*keep their 400 steps"):
         benchmark.check_radius_rule(options)
+    # A mean row's chains read the schedule shrunk to their share of the budget (here a 4-stage one).
+    options = benchmark.Options(attacks=["pfo_radius_mean"], steps=500)
+    options.radius_rule = {"layer4": {"feature_radius": 0.01, "steps": [200, 100, 100, 100]}}
+    benchmark.check_radius_rule(options)
+    chain = benchmark.chain_rule(options.radius_rule, ("radius", "mean"))
+    assert chain == {"layer4": {"feature_radius": 0.01, "steps": [50, 25, 25, 25]}}
+    odd = benchmark.chain_rule({"layer4": {"steps": [201, 100, 100, 101]}}, ("radius", "mean"))
+    assert sum(odd["layer4"]["steps"]) == 502 // benchmark.MEAN_CHAINS

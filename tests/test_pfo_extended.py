@@ -411,6 +411,10 @@ def _reseed(module: torch.nn.Module) -> None:
         ({"pixel_stage": True, "lr": [0.1, 0.1, 0.1]}, "`lr` lists 3 values but there are 4 stages"),
         ({"pixel_stage": True, "pixel_radius": -0.1}, "`pixel_radius` -0.1 must be a finite number >= 0"),
         ({"pixel_stage": True, "steps": [5, 2, -1]}, "non-negative step counts per stage, got \\[5, 2, -1\\]"),
+        ({"chains": 0}, "`chains` 0 must be an integer >= 1"),
+        ({"chains": 5}, "`chains` 5 needs as many initial candidates; raise `n_init` \\(4\\)"),
+        ({"chains": 2, "restarts": 1}, "`chains` and `restarts` both start from the next-best candidates"),
+        ({"chains": 2, "init": "encoder", "encoder": "x.pt"}, "`init: encoder` has one; use `init: both`"),
     ],
 )
 def test_bad_extension_options_are_refused_before_anything_is_loaded(options, message):
@@ -484,3 +488,43 @@ def test_a_trained_encoder_starts_closer_than_random_candidates_on_targets_the_p
           f"{learned_psnr}")  # fmt: skip
     assert (learned_loss * 1.5 < random_loss).all()
     assert learned_psnr.mean() > random_psnr.mean() + 3
+
+
+# ----- 4. the mean of chains --------------------------------------------------------------------------------------
+
+
+class ChainProbe(PFOExtended):
+    """Keeps what the chains returned, before the mean."""
+
+    def reconstruct_chain(self, h_star, index):
+        self.chains = super().reconstruct_chain(h_star, index)
+        return self.chains
+
+
+@pytest.mark.parametrize("pixel_stage", [False, True])
+def test_the_mean_of_chains_averages_whole_attacks_from_the_best_candidates(pixel_stage):
+    steps = [*STEPS, 3] if pixel_stage else STEPS
+    attack = extended(ChainProbe, chains=3, steps=steps, pixel_stage=pixel_stage)
+    result, h = attack_images(attack, [3, 7])
+    chains = attack.chains.images.unflatten(0, (2, 3))  # target-major: each target's 3 chains in a row
+    assert torch.allclose(result.images, chains.mean(1), atol=1e-6)
+    stages = len(attack.chains.stage_images)  # each chain's stages; the mean answer is one more, always chosen
+    assert len(result.stage_images) == stages + 1 and (result.best_stage == stages).all()
+    # The first chain starts where PFO starts (the best candidate): it is PFO's own answer.
+    single, _ = attack_images(extended(steps=steps, pixel_stage=pixel_stage), [3, 7])
+    assert torch.allclose(chains[:, 0], single.images, atol=1e-5)
+    assert not torch.allclose(chains[:, 0], chains[:, 1])  # another start, another image
+    # The mean's squared error is at most the chains' mean squared error (convexity), so its PSNR is no lower.
+    originals = images_of([3, 7])[0]
+    per_chain = torch.stack([psnr(chains[:, j], originals) for j in range(3)], 1)
+    assert (psnr(result.images, originals) >= per_chain.mean(1) - 1e-4).all()
+    low, high = attack.value_range
+    assert torch.allclose(result.feature_loss, attack.evaluate(low + result.images * (high - low), h)[1])
+
+
+def test_the_mean_of_chains_keeps_each_target_independent_of_its_neighbours():
+    attack = extended(chains=2)
+    first, _ = attack_images(attack, [3, 7])
+    second, _ = attack_images(attack, [14, 3])
+    assert torch.equal(first.images[0], second.images[1])
+    assert not torch.equal(first.images[0], first.images[1])

@@ -19,8 +19,15 @@ default, so that ``PFOExtended`` with its defaults computes bitwise what the pap
    the features. ``encoder`` names the file ``train.py fit --config configs/encoder_*.yaml`` writes; an encoder
    made for another victim, split point, defense or prior is refused.
 
+4. ``chains``: run the attack from each target's ``chains`` best initial candidates and answer with the pixel mean
+   of their images. PSNR rewards the mean of the images the features allow, not any one of them: where the features
+   leave much of the image open (deep splits), one sharp reconstruction has about twice the squared error of that
+   mean, which an MSE-trained decoder (the inverse network) approximates. Averaging chains moves PFO's answer
+   towards it, at some cost in sharpness (LPIPS). ``steps`` are each chain's, so a target's budget is
+   ``chains * sum(steps)``: a benchmark comparing budgets divides the steps by ``chains``.
+
 Every extension keeps PFO's per-sample independence: the encoder reads one target's features at a time (eval
-mode), the pixel ball and the stage choice are per sample.
+mode), the pixel ball and the stage choice are per sample, a target's chains are rows of their own.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from pfo.attacks.class_rule import ClassChoice
 from pfo.attacks.encoder_trainer import check_encoder, load_encoder
 from pfo.attacks.inverse_network import describe_defense
 from pfo.attacks.optimization import per_stage
-from pfo.attacks.options import check_choice, check_number
+from pfo.attacks.options import check_choice, check_count, check_number
 from pfo.attacks.pfo import PFO, check_per_stage, check_step_counts, inf_if_not_finite
 
 INIT_MODES = ("random", "encoder", "both")
@@ -116,6 +123,7 @@ class PFOExtended(PFO):
         radius_rule: RadiusRule | None = None,
         init: Literal["random", "encoder", "both"] = "random",
         encoder: str | None = None,
+        chains: int = 1,
         **kwargs,
     ) -> None:
         """
@@ -141,7 +149,11 @@ class PFOExtended(PFO):
                 ``n_init`` random candidates; the best is kept).
             encoder: the encoder file (``python train.py fit --config configs/encoder_*.yaml`` writes
                 ``encoder.pt``) for this victim, split point, defense and prior; needed by ``init: encoder | both``.
+            chains: run the whole attack (every stage, the pixel stage too) from each target's ``chains`` best
+                initial candidates, with ``steps`` each, and answer with the pixel mean of their images (the
+                estimate PSNR rewards at deep splits). 1: one chain, PFO's answer.
         """
+        self._check_chains(chains, init, kwargs)
         stage_steps = self._check_extensions(steps, lr, pixel_stage, pixel_radius, init, encoder, kwargs)
         rules = normalise_rule(radius_rule, len(stage_steps) - 1, steps)
         block_lr = list(lr)[: len(stage_steps)] if isinstance(lr, Sequence) and pixel_stage else lr
@@ -158,10 +170,23 @@ class PFOExtended(PFO):
         self.steps = schedule[: len(stage_steps)]  # the block stages'
         self.pixel_steps = schedule[-1] if pixel_stage else 0
         self.encoder = None
+        self._chain_starts: torch.Tensor | None = None  # set while the chains run: each row's own candidate
         if init != "random":
             self.encoder, self.encoder_meta = load_encoder(encoder)
             check_encoder(encoder, self.encoder_meta, self.victim, self.generator, describe_defense(self.defense))
             freeze(self.encoder)
+
+    @staticmethod
+    def _check_chains(chains, init, kwargs) -> None:
+        check_count("chains", chains, 1)
+        n_init = kwargs.get("n_init", 64)
+        if chains > 1 and init == "encoder":
+            raise ValueError("`chains` start from the best initial candidates, but `init: encoder` has one; use "
+                             "`init: both` or `chains: 1`")  # fmt: skip
+        if chains > 1 and kwargs.get("restarts", 0):
+            raise ValueError("`chains` and `restarts` both start from the next-best candidates; use one of them")
+        if chains > n_init:
+            raise ValueError(f"`chains` {chains} needs as many initial candidates; raise `n_init` ({n_init})")
 
     @staticmethod
     def _check_extensions(steps, lr, pixel_stage, pixel_radius, init, encoder, kwargs) -> list[int]:
@@ -222,6 +247,8 @@ class PFOExtended(PFO):
         """The initial candidates, best first: PFO's (``init: random``), the encoder's latent alone
         (``encoder``: [N, 1, *latent]) or the best ``keep`` of the encoder's latent and the ``keep`` best random
         ones (``both``; expanded latents, ties going to the encoder's)."""
+        if self._chain_starts is not None:  # inside the chains: each row starts from its own candidate
+            return self._chain_starts
         mode = self.hparams.init
         if mode == "random":
             return super().top_latents(h_star, index, count, chunk, keep, classes)
@@ -238,6 +265,11 @@ class PFOExtended(PFO):
 
     # ----- 1. the pixel stage --------------------------------------------------------------------------------
     def reconstruct(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
+        if self.hparams.chains > 1:
+            return self.reconstruct_mean(h_star, index)
+        return self.reconstruct_chain(h_star, index)
+
+    def reconstruct_chain(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
         result = super().reconstruct(h_star, index)
         return self.refine_pixels(result, h_star) if self.hparams.pixel_stage else result
 
@@ -281,4 +313,40 @@ class PFOExtended(PFO):
             stage_images=stage_images,
             stage_losses=stage_losses,
             classes=result.classes,
+        )
+
+    # ----- 4. the mean of chains -----------------------------------------------------------------------------
+    def reconstruct_mean(self, h_star: torch.Tensor, index: torch.Tensor) -> Reconstruction:
+        """Each target's ``chains`` best candidates as rows of one batch (target-major), each attacked as PFO
+        attacks a target; the answer is the mean of the chains' answers that did not fail. Stage k's image is the
+        mean of the chains' stage-k images, and the mean answer is one more stage, always the chosen one: its
+        feature loss is higher than a chain's (it is no image the generator made), which is not what it is for."""
+        hp, k, n = self.hparams, self.hparams.chains, h_star.shape[0]
+        classes = self.choose_classes(h_star, index)
+        starts = self.top_latents(h_star, index, hp.n_init, hp.init_chunk, keep=k, classes=classes)
+        self._chain_starts = starts.flatten(0, 1).unsqueeze(1)  # [N * K, 1, *latent]
+        try:
+            chains = self.reconstruct_chain(h_star.repeat_interleave(k, 0), index.repeat_interleave(k))
+        finally:
+            self._chain_starts = None
+        ok = (~chains.failed).view(n, k)
+        weights = (ok / ok.sum(1, keepdim=True).clamp(min=1)).to(chains.images.dtype)  # [N, K]
+
+        def mean(images: torch.Tensor) -> torch.Tensor:  # [N * K, ...] -> [N, ...], over the chains that held
+            per_chain = images.unflatten(0, (n, k))
+            return (per_chain * weights.view(n, k, *[1] * (images.ndim - 1))).sum(1)
+
+        low, high = self.value_range
+        with torch.no_grad():
+            stage_images = [mean(images) for images in [*chains.stage_images, chains.images]]
+            stage_losses = [self.evaluate(low + image * (high - low), h_star)[1] for image in stage_images]
+        last = torch.full((n,), len(stage_images) - 1, dtype=torch.long, device=h_star.device)
+        return Reconstruction(
+            images=stage_images[-1],
+            feature_loss=inf_if_not_finite(stage_losses[-1]),
+            failed=~ok.any(1),
+            best_stage=last,
+            stage_images=stage_images,
+            stage_losses=stage_losses,
+            classes=None if chains.classes is None else chains.classes[::k],
         )
