@@ -67,10 +67,10 @@ ATTACKS = {
     "pfo_all": AttackSpec("PFO+all", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "encoder")),
     # the calibrated PFO without the learned start (no encoder to train): the rule's radii and schedule, pixel stage
     "pfo_pixel_radius": AttackSpec("PFO+pixel+radius", EXTENDED, uses_prior=True, extensions=("pixel", "radius")),
-    # the mean of MEAN_CHAINS chains (PFOExtended's `chains`), each with 1/MEAN_CHAINS of the budget: PSNR's estimate
+    # the mean of --mean_chains chains (PFOExtended's `chains`), each with its share of the budget: PSNR's estimate
     "pfo_radius_mean": AttackSpec("PFO+radius+mean", EXTENDED, uses_prior=True, extensions=("radius", "mean")),
 }
-MEAN_CHAINS = 4  # the chains a "mean" row averages; each gets steps // MEAN_CHAINS, so the target's budget holds
+MEAN_CHAINS = 4  # the chains a "mean" row averages by default; each gets steps // chains: the target's budget holds
 BLOCK_LR, PIXEL_LR = 0.05, 0.01  # PFO's learning rate, and the pixel stage's (configs/pfo_extended_resnet.yaml's)
 CIFAR10_DATA = {"class_path": "pfo.data.CIFAR10", "init_args": {"resolution": 32}}
 CIFAR10_PRIORS = {"cifar10": "configs/gan_cifar10.yaml", "tinyimagenet": "configs/gan_tinyimagenet.yaml"}
@@ -141,17 +141,16 @@ def pfo_stages(attack: str, steps: int) -> list[int]:
     return stages
 
 
-def chains_of(attack: str) -> int:
+def chains_of(options: Options, attack: str) -> int:
     """How many chains a row's attack averages (1 but for a "mean" row)."""
-    return MEAN_CHAINS if "mean" in ATTACKS[attack].extensions else 1
+    return options.mean_chains if "mean" in ATTACKS[attack].extensions else 1
 
 
-def step_overrides(attack: str, steps: int, n_init: int) -> list[str]:
+def step_overrides(attack: str, steps: int, n_init: int, chains: int = 1) -> list[str]:
     """The same per-target step budget for every optimisation attack, spread over its phases. PFO's rows share the
     paper's stages (40 % for W+, the rest over three block stages); with the pixel stage, the last block stage gives
     it half of its steps, so the budget stays ``steps``."""
     if attack == "pfo" or ATTACKS[attack].extensions:
-        chains = chains_of(attack)
         stages = pfo_stages(attack, steps // chains)
         lr = []
         if "pixel" in ATTACKS[attack].extensions:
@@ -219,6 +218,7 @@ class Options:
     pixel_radius: float = 0.02
     radius_rule: dict | None = None
     encoder_epochs: int = 1
+    mean_chains: int = MEAN_CHAINS  # the chains of a "mean" row (pfo_radius_mean)
     encoder_overrides: list[str] = field(default_factory=list)
     extra_attack_overrides: list[str] = field(default_factory=list)
     lpips_weights: str | None = None
@@ -410,7 +410,7 @@ def extension_overrides(options: Options, attack: str, encoder: Path | None) -> 
         "--model.init_args.pixel_radius",
         str(options.pixel_radius),
         "--model.init_args.radius_rule",
-        json.dumps(chain_rule(options.radius_rule, on)) if "radius" in on else "null",
+        json.dumps(chain_rule(options.radius_rule, on, options.mean_chains)) if "radius" in on else "null",
         "--model.init_args.init",
         "both" if "encoder" in on else "random",
         "--model.init_args.encoder",
@@ -418,7 +418,7 @@ def extension_overrides(options: Options, attack: str, encoder: Path | None) -> 
     ]
 
 
-def chain_rule(rule: dict, extensions: tuple[str, ...]) -> dict:
+def chain_rule(rule: dict, extensions: tuple[str, ...], chains: int = MEAN_CHAINS) -> dict:
     """The radius rule as one of a "mean" row's chains uses it: each schedule shrunk to a chain's share of the
     budget (proportionally, the rounding remainder to the first stage), so the chains together spend the row's."""
     if "mean" not in extensions:
@@ -427,8 +427,8 @@ def chain_rule(rule: dict, extensions: tuple[str, ...]) -> dict:
     for split, entry in rule.items():
         if isinstance(entry, dict) and "steps" in entry:
             total = sum(entry["steps"])
-            steps = [s * (total // MEAN_CHAINS) // total for s in entry["steps"]]
-            steps[0] += total // MEAN_CHAINS - sum(steps)
+            steps = [s * (total // chains) // total for s in entry["steps"]]
+            steps[0] += total // chains - sum(steps)
             entry = {**entry, "steps": steps}
         scaled[split] = entry
     return scaled
@@ -446,7 +446,7 @@ def extension_key(options: Options, attack: str) -> str:
         "encoder_overrides": options.encoder_overrides if "encoder" in on else None,
     }
     if "mean" in on:  # only here: every other row keeps the key (and the finished runs) it had
-        settings["chains"] = MEAN_CHAINS
+        settings["chains"] = options.mean_chains
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
 
 
@@ -478,7 +478,7 @@ def run_attack(
         "--model.init_args.split_point",
         split,
         *defense_arg(noise),
-        *step_overrides(attack, options.steps, options.n_init),
+        *step_overrides(attack, options.steps, options.n_init, chains_of(options, attack)),
         "--model.init_args.progress",
         "false",
         "--data.count",
@@ -993,9 +993,10 @@ def check_radius_rule(options: Options) -> None:
         on = ATTACKS[attack].extensions
         if "radius" not in on:
             continue
-        stages = pfo_stages(attack, options.steps // chains_of(attack))  # a chain's (the row's, but for a mean)
+        stages = pfo_stages(attack, options.steps // chains_of(options, attack))  # a chain's (a mean row's share)
         try:
-            normalise_rule(chain_rule(options.radius_rule, on), len(stages) - 1 - ("pixel" in on), stages)
+            rule = chain_rule(options.radius_rule, on, options.mean_chains)
+            normalise_rule(rule, len(stages) - 1 - ("pixel" in on), stages)
         except ValueError as error:
             raise ValueError(f"the {ATTACKS[attack].name} row (steps {stages}) cannot use it: {error}") from None
 
@@ -1036,6 +1037,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="training epochs of each PFOExtended encoder on the public half (the pfo_encoder and pfo_all rows; "
         "default 1; part of those rows' keys)",
+    )
+    parser.add_argument(
+        "--mean_chains",
+        type=int,
+        help=f"the chains a mean row (pfo_radius_mean) averages, each with steps / chains of the budget (default "
+        f"{MEAN_CHAINS}; part of that row's key)",
     )
     parser.add_argument(
         "--pixel_radius", type=float, help="the pixel stage's l1 radius per element (pfo_pixel, pfo_all; default 0.02)"
@@ -1096,6 +1103,7 @@ def main(argv: list[str] | None = None) -> None:
         "noise",
         "decoder_epochs",
         "encoder_epochs",
+        "mean_chains",
         "pixel_radius",
         "lpips_weights",
         "utility_images",
@@ -1105,6 +1113,8 @@ def main(argv: list[str] | None = None) -> None:
             setattr(options, key, getattr(args, key))
     options.cache, options.out, options.report_only = args.cache, args.out, args.report_only
     given = dict(p.split("=", 1) for p in args.prior)
+    if not 1 <= options.mean_chains <= options.n_init:
+        parser.error(f"--mean_chains {options.mean_chains}: between 1 and --n_init ({options.n_init}), the candidates")
     if args.radius_rule is not None:
         options.radius_rule = load_radius_rule(args.radius_rule, parser)
     needs_rule = [a for a in options.attacks if "radius" in ATTACKS[a].extensions]

@@ -344,3 +344,16 @@ def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
     assert chain == {"layer4": {"feature_radius": 0.01, "steps": [50, 25, 25, 25]}}
     odd = benchmark.chain_rule({"layer4": {"steps": [201, 100, 100, 101]}}, ("radius", "mean"))
     assert sum(odd["layer4"]["steps"]) == 502 // benchmark.MEAN_CHAINS
+    options.mean_chains = 8
+    assert benchmark.step_overrides("pfo_radius_mean", 500, 64, benchmark.chains_of(options, "pfo_radius_mean"))[
+        :4
+    ] == [
+        "--model.init_args.steps",
+        "[25, 12, 12, 13]",
+        "--model.init_args.lr",
+        str(benchmark.BLOCK_LR),
+    ]
+    assert benchmark.chains_of(options, "pfo_radius") == 1
+    with pytest.raises(SystemExit):
+        benchmark.main(["--attacks", "pfo_radius_mean", "--mean_chains", "65", "--radius_rule", str(scheduled)])
+    assert "--mean_chains 65: between 1 and --n_init (64)" in capsys.readouterr().err
