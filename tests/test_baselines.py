@@ -161,18 +161,42 @@ def decoders(tmp_path_factory) -> dict[str, str]:
     }
 
 
-def test_training_a_decoder_does_not_warn_about_the_victim_it_holds_frozen(tmp_path):
-    """Lightning warns of modules in eval mode at the start of training; the frozen victim is one on purpose, and a
-    user should not read that warning as a fault."""
+def test_neither_training_a_decoder_nor_attacking_warns_about_the_frozen_victim(tmp_path):
+    """Lightning warns of modules in eval mode at the start of training; the frozen victim (and decoder) are so on
+    purpose, in the decoder's trainer and in every attack, and a user should not read that warning as a fault."""
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        path = train_decoder(tmp_path, steps=1)
-    assert not [w for w in caught if "eval mode at the start of training" in str(w.message)]
-    from pfo.attacks.inverse_network import load_decoder
+    import lightning as L
 
+    from pfo.attacks import Targets
+    from pfo.attacks.inverse_network import load_decoder
+    from pfo.data import SyntheticImages
+
+    def eval_mode_warnings(run) -> list:  # each in its own context: a filter one adds does not reach the other
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+        return [w for w in caught if "eval mode at the start of training" in str(w.message)]
+
+    path = str(tmp_path / "decoder" / "decoder.pt")
+    assert not eval_mode_warnings(lambda: train_decoder(tmp_path / "decoder", steps=1))
+    assert not eval_mode_warnings(
+        lambda: L.Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            default_root_dir=tmp_path / "attack",
+        ).fit(
+            InverseNetwork(tiny_victim(), decoder=path),
+            datamodule=Targets(data=SyntheticImages(resolution=16), count=2, batch_size=2),
+        )  # fmt: skip
+    )
     assert load_decoder(path)[1]["split_point"] == "layer1"  # it did train, and saved its decoder
+    assert len(list((tmp_path / "attack").rglob("targets/*.pt"))) == 2  # and the attack did run
 
 
 def test_the_inverse_network_refuses_a_decoder_made_for_another_split_point_defense_or_victim(decoders, tmp_path):

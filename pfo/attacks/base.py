@@ -68,9 +68,9 @@ def frozen_victim(victim: str | Path | dict | SplitModel, split_point: str | Non
 
 
 def quiet_frozen_modules_warning() -> None:
-    """Lightning warns when a module is in eval mode as training starts. The decoder's and the encoder's trainers
-    hold the victim (and the prior) frozen in eval mode on purpose: the attacker can only query them. Called by each
-    such trainer (filters are process-wide and a repeated call adds nothing)."""
+    """Lightning warns when a module is in eval mode as training starts. Every attack, and the decoder's and the
+    encoder's trainers, hold the victim (and the prior) frozen in eval mode on purpose: the attacker can only query
+    them. Called by each of them (filters are process-wide and a repeated call adds nothing)."""
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
@@ -220,6 +220,7 @@ class ReconstructionAttack(L.LightningModule):
             fresh: forget the finished targets of an earlier run in the same folder and start over.
         """
         super().__init__()
+        quiet_frozen_modules_warning()
         self.save_hyperparameters(ignore=["victim", "defense", "generator"])
         self.victim = frozen_victim(victim, split_point)
         self.defense = defense
