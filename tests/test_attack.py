@@ -97,6 +97,15 @@ def batch_of(indices: list[int], valid: list[bool] | None = None, **replace) -> 
     return batch
 
 
+def quiet_trainer(root, **options) -> L.Trainer:
+    """A one-epoch CPU trainer that prints nothing and saves nothing but what the attack writes under ``root``."""
+    settings = dict(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=root,
+    )  # fmt: skip
+    return L.Trainer(**{**settings, **options})
+
+
 def run_steps(attack: PFO, batches: list[dict], folder) -> dict[int, dict]:
     """``training_step`` outside a Trainer on the given batches; the per-target records written, by index."""
     attack.outputs = AttackOutputs(folder)
@@ -349,17 +358,7 @@ def test_victim_and_generator_stay_frozen_during_an_attack_run(tmp_path):
     assert not any(m.training for m in attack.generator.modules())
     before = copy.deepcopy({"victim": attack.victim.state_dict(), "generator": attack.generator.state_dict()})
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(attack, datamodule=Targets(data=_DATA, split="test", count=3, batch_size=2))
+    quiet_trainer(tmp_path).fit(attack, datamodule=Targets(data=_DATA, split="test", count=3, batch_size=2))
 
     assert len(attack.checks) > sum(STEPS)  # two batches of every step, plus the initialisation
     assert not any(any(check) for check in attack.checks), "a frozen network was trainable during training_step"

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from test_attack import attack_images, tiny_generator, tiny_victim  # tests/ is on sys.path under pytest
+from test_attack import attack_images, quiet_trainer, tiny_generator, tiny_victim  # tests/ is on sys.path
 
 from pfo.attacks import GLASS, LM, RMLE, GaussianNoise, InverseNetwork
 from pfo.models import ResNet, save_victim
@@ -166,8 +166,6 @@ def test_neither_training_a_decoder_nor_attacking_warns_about_the_frozen_victim(
     purpose, in the decoder's trainer and in every attack, and a user should not read that warning as a fault."""
     import warnings
 
-    import lightning as L
-
     from pfo.attacks import Targets
     from pfo.attacks.inverse_network import load_decoder
     from pfo.data import SyntheticImages
@@ -180,21 +178,12 @@ def test_neither_training_a_decoder_nor_attacking_warns_about_the_frozen_victim(
 
     path = str(tmp_path / "decoder" / "decoder.pt")
     assert not eval_mode_warnings(lambda: train_decoder(tmp_path / "decoder", steps=1))
-    assert not eval_mode_warnings(
-        lambda: L.Trainer(
-            accelerator="cpu",
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            default_root_dir=tmp_path / "attack",
-        ).fit(
-            InverseNetwork(tiny_victim(), decoder=path),
-            datamodule=Targets(data=SyntheticImages(resolution=16), count=2, batch_size=2),
-        )  # fmt: skip
-    )
+    targets = Targets(data=SyntheticImages(resolution=16), count=2, batch_size=2)
+
+    def attack() -> None:  # built inside the context, as a run builds it before training
+        quiet_trainer(tmp_path / "attack").fit(InverseNetwork(tiny_victim(), decoder=path), datamodule=targets)
+
+    assert not eval_mode_warnings(attack)
     assert load_decoder(path)[1]["split_point"] == "layer1"  # it did train, and saved its decoder
     assert len(list((tmp_path / "attack").rglob("targets/*.pt"))) == 2  # and the attack did run
 

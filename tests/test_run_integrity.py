@@ -19,10 +19,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import lightning as L
 import pytest
 import test_attack_cli
 import torch
+from test_attack import quiet_trainer
 from test_attack_cli import attack_config, run_cli, write_config
 
 from pfo.attacks import PFO, AttackOutputs, GaussianNoise, Targets
@@ -403,16 +403,9 @@ def test_9_a_victim_without_a_tail_leaves_top1_empty_through_the_same_path(artef
     victim = load_victim(artefacts["victim"])
     victim.__dict__["tail"] = torch.nn.Sequential()  # the server's part unknown (a user's plain head)
     attack = PFO(victim, artefacts["generator"], steps=[2], n_init=2, init_chunk=2, progress=False)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+    quiet_trainer(tmp_path, use_distributed_sampler=True).fit(
+        attack, datamodule=Targets(data=SyntheticImages(resolution=16), count=2, batch_size=1)
     )
-    trainer.fit(attack, datamodule=Targets(data=SyntheticImages(resolution=16), count=2, batch_size=1))
     out = capsys.readouterr().out
     assert out.count(LEFT_EMPTY) == 1 and NO_TAIL in out
     columns, rows = read_rows(tmp_path)
