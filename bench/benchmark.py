@@ -974,13 +974,18 @@ def run(
 
 
 def load_radius_rule(path: Path, parser: argparse.ArgumentParser) -> dict:
-    """The ``radius_rule`` of calibrate_radius.py's file (``radius_rule: {split: ...}`` or the mapping itself)."""
+    """The ``radius_rule`` of calibrate_radius.py's file (``radius_rule: {split: ...}`` or the mapping itself), or
+    of an attack config that ships one (``model.init_args.radius_rule``: configs/pfo_extended_resnet.yaml)."""
     import yaml
 
     try:
         loaded = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         parser.error(f"--radius_rule {path}: cannot read it ({error}); bench/calibrate_radius.py writes it")
+    if isinstance(loaded, dict) and "model" in loaded:
+        loaded = (loaded["model"] or {}).get("init_args", {}).get("radius_rule")
+        if loaded is None:
+            parser.error(f"--radius_rule {path}: an attack config without `model.init_args.radius_rule`")
     return loaded.get("radius_rule", loaded) if isinstance(loaded, dict) else loaded
 
 
@@ -1050,8 +1055,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--radius_rule",
         type=Path,
-        help="radius_rule.yaml written by bench/calibrate_radius.py on PUBLIC images (needed by pfo_radius, pfo_all, "
-        "pfo_pixel_radius)",
+        help="radius_rule.yaml written by bench/calibrate_radius.py on PUBLIC images, or an attack config that ships "
+        "one (configs/pfo_extended_resnet.yaml); needed by pfo_radius, pfo_all, pfo_pixel_radius, pfo_radius_mean",
     )
     parser.add_argument("--victim", help="reuse this victim file instead of training one")
     parser.add_argument(

@@ -357,3 +357,17 @@ def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--attacks", "pfo_radius_mean", "--mean_chains", "65", "--radius_rule", str(scheduled)])
     assert "--mean_chains 65: between 1 and --n_init (64)" in capsys.readouterr().err
+
+
+def test_the_radius_rule_can_come_from_the_shipped_attack_config(tmp_path, capsys):
+    parser = benchmark.argparse.ArgumentParser()
+    shipped = Path(benchmark.REPO) / "configs" / "pfo_extended_resnet.yaml"
+    rule = benchmark.load_radius_rule(shipped, parser)
+    assert rule == yaml.safe_load(shipped.read_text())["model"]["init_args"]["radius_rule"]
+    options = benchmark.Options(attacks=["pfo_pixel_radius", "pfo_all"], steps=500, radius_rule=rule)
+    benchmark.check_radius_rule(options)  # its schedules fit the benchmark's 5-stage rows
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("model:\n  class_path: pfo.attacks.PFOExtended\n  init_args: {steps: [1, 2]}\n")
+    with pytest.raises(SystemExit):
+        benchmark.load_radius_rule(bare, parser)
+    assert "without `model.init_args.radius_rule`" in capsys.readouterr().err
