@@ -522,6 +522,15 @@ def test_the_mean_of_chains_averages_whole_attacks_from_the_best_candidates(pixe
     assert torch.allclose(result.feature_loss, attack.evaluate(low + result.images * (high - low), h)[1])
 
 
+def test_a_failed_chain_counts_for_nothing_in_the_mean():
+    from pfo.attacks.pfo_extended import mean_of_chains
+
+    images = torch.tensor([[1.0, 3.0], [float("nan"), float("nan")], [5.0, 7.0], [0.0, 2.0], [4.0, 4.0], [8.0, 8.0]])
+    ok = torch.tensor([[True, False, True], [False, False, False]])  # target 1: every chain failed
+    means = mean_of_chains(images, ok)
+    assert torch.equal(means, torch.tensor([[3.0, 5.0], [0.0, 0.0]]))
+
+
 def test_the_mean_of_chains_keeps_each_target_independent_of_its_neighbours():
     attack = extended(chains=2)
     first, _ = attack_images(attack, [3, 7])

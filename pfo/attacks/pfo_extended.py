@@ -107,6 +107,17 @@ def normalise_rule(
     return rules
 
 
+def mean_of_chains(images: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """``images`` [N * K, ...] of K chains per target (target-major) -> [N, ...]: each target's mean over the chains
+    that did not fail (``ok`` [N, K]); a failed chain's image (NaN, say) counts for nothing, and a target whose
+    chains all failed gets zeros."""
+    n, k = ok.shape
+    per_chain = images.unflatten(0, (n, k))
+    held = ok.view(n, k, *[1] * (images.ndim - 1))
+    total = torch.where(held, per_chain, torch.zeros_like(per_chain)).sum(1)
+    return total / ok.sum(1).clamp(min=1).view(n, *[1] * (images.ndim - 1)).to(images.dtype)
+
+
 class PFOExtended(PFO):
     """PFO with a final pixel stage, radii by split point and a learned start (see the module docstring); with
     every option at its default, the paper's PFO."""
@@ -330,15 +341,9 @@ class PFOExtended(PFO):
         finally:
             self._chain_starts = None
         ok = (~chains.failed).view(n, k)
-        weights = (ok / ok.sum(1, keepdim=True).clamp(min=1)).to(chains.images.dtype)  # [N, K]
-
-        def mean(images: torch.Tensor) -> torch.Tensor:  # [N * K, ...] -> [N, ...], over the chains that held
-            per_chain = images.unflatten(0, (n, k))
-            return (per_chain * weights.view(n, k, *[1] * (images.ndim - 1))).sum(1)
-
         low, high = self.value_range
         with torch.no_grad():
-            stage_images = [mean(images) for images in [*chains.stage_images, chains.images]]
+            stage_images = [mean_of_chains(images, ok) for images in [*chains.stage_images, chains.images]]
             stage_losses = [self.evaluate(low + image * (high - low), h_star)[1] for image in stage_images]
         last = torch.full((n,), len(stage_images) - 1, dtype=torch.long, device=h_star.device)
         return Reconstruction(
