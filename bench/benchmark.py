@@ -1118,7 +1118,8 @@ def main(argv: list[str] | None = None) -> None:
             setattr(options, key, getattr(args, key))
     options.cache, options.out, options.report_only = args.cache, args.out, args.report_only
     given = dict(p.split("=", 1) for p in args.prior)
-    if not 1 <= options.mean_chains <= options.n_init:
+    means = [a for a in options.attacks if "mean" in ATTACKS[a].extensions]
+    if means and not 1 <= options.mean_chains <= options.n_init:
         parser.error(f"--mean_chains {options.mean_chains}: between 1 and --n_init ({options.n_init}), the candidates")
     if args.radius_rule is not None:
         options.radius_rule = load_radius_rule(args.radius_rule, parser)

@@ -357,6 +357,10 @@ def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--attacks", "pfo_radius_mean", "--mean_chains", "65", "--radius_rule", str(scheduled)])
     assert "--mean_chains 65: between 1 and --n_init (64)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # only a mean row reads it: the others run with few candidates whatever it is
+        benchmark.main(["--attacks", "pfo_radius", "--n_init", "2"])  # stops later, at the missing rule
+    error = capsys.readouterr().err
+    assert "need --radius_rule" in error and "between 1 and --n_init" not in error
 
 
 def test_the_radius_rule_can_come_from_the_shipped_attack_config(tmp_path, capsys):
