@@ -149,7 +149,7 @@ def chains_of(options: Options, attack: str) -> int:
 def step_overrides(attack: str, steps: int, n_init: int, chains: int = 1) -> list[str]:
     """The same per-target step budget for every optimisation attack, spread over its phases. PFO's rows share the
     paper's stages (40 % for W+, the rest over three block stages); with the pixel stage, the last block stage gives
-    it half of its steps, so the budget stays ``steps``."""
+    it half of its steps, so the budget stays ``steps``; a mean row's ``chains`` share it (``steps // chains`` each)."""
     if attack == "pfo" or ATTACKS[attack].extensions:
         stages = pfo_stages(attack, steps // chains)
         lr = []
