@@ -17,8 +17,8 @@
 #
 # Knobs (environment): SETTING (cifar10 or faces), WEIGHTS (.carry/weights: the pretrained priors' weights, the
 # call's PFO_PRIOR_CACHE, when that folder exists), NAMED_PRIORS (the pretrained priors, name=pretrained name;
-# faces: digiface=digiface-dcgan64), PYTHON (python3), BUNDLE (.carry/data.bundle; empty: use $PFO_DATA_ROOT as it is), WORK
-# (logs/gpu), PACK ($OUT, else $WORK/pack), PRIOR_TIME (each prior's Lightning max_time, 00:00:05:00),
+# faces: digiface=digiface-dcgan64), PYTHON (python3), BUNDLE (.carry/data.bundle; empty: use $PFO_DATA_ROOT as it
+# is), WORK (logs/gpu), PACK ($OUT, else $WORK/pack), PRIOR_TIME (each prior's Lightning max_time, 00:00:05:00),
 # PRIOR_BATCH (64, NVlabs' CIFAR-10 batch), VICTIM_ARGS and PRIOR_ARGS (more train.py options), PLAIN_ATTACKS (the
 # rows without a prior, run on every split point as soon as the victim is trained, while the priors train),
 # PRIOR_ATTACKS (on SPLITS, then ENCODER_ATTACKS on ENCODER_SPLITS, then PRIOR_ATTACKS on MORE_SPLITS, each only

@@ -67,14 +67,11 @@ def frozen_victim(victim: str | Path | dict | SplitModel, split_point: str | Non
     return freeze(model)
 
 
-def quiet_frozen_modules_warning() -> None:
-    """Lightning warns when a module is in eval mode as training starts. Every attack, and the decoder's and the
-    encoder's trainers, hold the victim (and the prior) frozen in eval mode on purpose: the attacker can only query
-    them. Called by each of them (filters are process-wide and a repeated call adds nothing)."""
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in eval mode with no trainable parameter: what an attacker may only query (the victim, a prior, a
+    trained decoder or encoder). Lightning warns of modules in eval mode as training starts; these are so on
+    purpose, so its warning is silenced here (filters are process-wide; a repeated call adds nothing)."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -220,7 +217,6 @@ class ReconstructionAttack(L.LightningModule):
             fresh: forget the finished targets of an earlier run in the same folder and start over.
         """
         super().__init__()
-        quiet_frozen_modules_warning()
         self.save_hyperparameters(ignore=["victim", "defense", "generator"])
         self.victim = frozen_victim(victim, split_point)
         self.defense = defense

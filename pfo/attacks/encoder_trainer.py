@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 
 from pfo.artifacts import ArtifactError, build_from_config, load_artifact, save_artifact
-from pfo.attacks.base import freeze, frozen_victim, quiet_frozen_modules_warning
+from pfo.attacks.base import freeze, frozen_victim
 from pfo.attacks.defenses import Defense
 from pfo.attacks.fingerprint import module_digest
 from pfo.attacks.inverse_network import adam, describe_defense
@@ -114,7 +114,6 @@ class LatentEncoderTrainer(L.LightningModule):
         if generated is not None:
             check_count("generated", generated, 1)
         super().__init__()
-        quiet_frozen_modules_warning()
         self.save_hyperparameters(ignore=["victim", "defense", "generator", "optimizer"])
         self.victim = frozen_victim(victim, split_point)
         self.victim_path = str(victim) if isinstance(victim, (str, Path)) else None

@@ -19,13 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 
 from pfo.artifacts import ArtifactError, build_from_config, load_artifact, save_artifact
-from pfo.attacks.base import (
-    Reconstruction,
-    ReconstructionAttack,
-    freeze,
-    frozen_victim,
-    quiet_frozen_modules_warning,
-)
+from pfo.attacks.base import Reconstruction, ReconstructionAttack, freeze, frozen_victim
 from pfo.attacks.defenses import Defense
 from pfo.attacks.fingerprint import module_digest
 from pfo.models.decoder import FeatureDecoder
@@ -71,7 +65,6 @@ class InverseNetworkTrainer(L.LightningModule):
                 (the data modules' own default ``val_split: test`` would validate on the targets).
         """
         super().__init__()
-        quiet_frozen_modules_warning()
         self.save_hyperparameters(ignore=["victim", "defense", "optimizer"])
         self.victim = frozen_victim(victim, split_point)
         self.victim_path = str(victim) if isinstance(victim, (str, Path)) else None

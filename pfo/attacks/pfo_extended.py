@@ -34,6 +34,7 @@ mode), the pixel ball and the stage choice are per sample, a target's chains are
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -192,7 +193,7 @@ class PFOExtended(PFO):
     @staticmethod
     def _check_chains(chains, init, kwargs) -> None:
         check_count("chains", chains, 1)
-        n_init = kwargs.get("n_init", 64)
+        n_init = kwargs.get("n_init", inspect.signature(PFO.__init__).parameters["n_init"].default)
         if chains > 1 and init == "encoder":
             raise ValueError("`chains` start from the best initial candidates, but `init: encoder` has one; use "
                              "`init: both` or `chains: 1`")  # fmt: skip
