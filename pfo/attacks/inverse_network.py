@@ -135,6 +135,39 @@ def load_decoder(path: str | os.PathLike) -> tuple[FeatureDecoder, dict]:
     return decoder.eval(), payload["meta"]
 
 
+def load_checked_decoder(
+    path: str | os.PathLike, victim: SplitModel, defense: Defense | None
+) -> tuple[FeatureDecoder, dict]:
+    """The decoder in ``path``, frozen, after checking that it was trained for this victim (by a digest of its
+    weights), split point and defense: a decoder reads the features it learnt, and another victim's give it noise."""
+    decoder, meta = load_decoder(path)
+    freeze(decoder)
+    if meta.get("split_point") not in (None, victim.split_point):
+        raise ArtifactError(
+            f"the decoder was trained on features at {meta['split_point']!r} but the attack splits the victim at "
+            f"{victim.split_point!r}; train a decoder for this split point"
+        )
+    if meta.get("defense", "none") != describe_defense(defense):
+        raise ArtifactError(
+            f"the decoder was trained on features under defense {meta.get('defense')} but the attack runs with "
+            f"{describe_defense(defense)}; train the decoder with the same defense"
+        )
+    recorded = meta.get("victim_sha256")
+    if recorded is None:
+        warnings.warn(
+            f"{path} does not record which victim it was trained against (an older decoder file), so the "
+            "attack cannot check it; retrain the decoder to have it checked",
+            stacklevel=3,
+        )
+    elif recorded != module_digest(victim):
+        raise ArtifactError(
+            f"the decoder in {path} was trained on the features of another victim (victim file "
+            f"{meta.get('victim')!r}); train a decoder for this victim (`model.init_args.victim` of the "
+            "decoder's config)"
+        )
+    return decoder, meta
+
+
 class InverseNetwork(ReconstructionAttack):
     """The attack: one decoder forward pass per target."""
 
@@ -147,32 +180,7 @@ class InverseNetwork(ReconstructionAttack):
                 split point and defense.
         """
         super().__init__(victim, **kwargs)
-        self.decoder, meta = load_decoder(decoder)
-        freeze(self.decoder)
-        self.decoder_meta = meta
-        if meta.get("split_point") not in (None, self.victim.split_point):
-            raise ArtifactError(
-                f"the decoder was trained on features at {meta['split_point']!r} but the attack splits the victim at "
-                f"{self.victim.split_point!r}; train a decoder for this split point"
-            )
-        if meta.get("defense", "none") != describe_defense(self.defense):
-            raise ArtifactError(
-                f"the decoder was trained on features under defense {meta.get('defense')} but the attack runs with "
-                f"{describe_defense(self.defense)}; train the decoder with the same defense"
-            )
-        recorded = meta.get("victim_sha256")
-        if recorded is None:
-            warnings.warn(
-                f"{decoder} does not record which victim it was trained against (an older decoder file), so the "
-                "attack cannot check it; retrain the decoder to have it checked",
-                stacklevel=2,
-            )
-        elif recorded != module_digest(self.victim):
-            raise ArtifactError(
-                f"the decoder in {decoder} was trained on the features of another victim (victim file "
-                f"{meta.get('victim')!r}); train a decoder for this victim (`model.init_args.victim` of the "
-                "decoder's config)"
-            )
+        self.decoder, self.decoder_meta = load_checked_decoder(decoder, self.victim, self.defense)
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.decoder]

@@ -1,4 +1,4 @@
-"""PFO beyond the paper (issue 16): four extensions of :class:`~pfo.attacks.pfo.PFO`, each an option that is off by
+"""PFO beyond the paper (issue 16): five extensions of :class:`~pfo.attacks.pfo.PFO`, each an option that is off by
 default, so that ``PFOExtended`` with its defaults computes bitwise what the paper's PFO computes.
 
 1. ``pixel_stage``: after the last block stage, optimise the output image itself (the victim's input, [0, 1] at its
@@ -30,6 +30,17 @@ default, so that ``PFOExtended`` with its defaults computes bitwise what the pap
 
 Every extension keeps PFO's per-sample independence: the encoder reads one target's features at a time (eval
 mode), the pixel ball and the stage choice are per sample, a target's chains are rows of their own.
+
+5. ``guide``: the inverse network's image of the target (one pass of a decoder trained on the public split for this
+   victim, split point and defense, as IN's) joins every stage's loss, ``guide_weight`` times its mean squared
+   pixel distance, the initial candidates' scoring too. It is the other half of the trade-off ``chains`` meets: the
+   decoder estimates the mean of the images the features allow (the estimate PSNR rewards), PFO finds one sharp
+   image that explains them; the guided attack looks for a sharp image near that mean. The stage choice still
+   reads the feature loss alone. A per-split ``guide_weight`` is part of ``radius_rule`` (chosen on public
+   images); a guide for another victim, split point or defense is refused, as IN refuses it. The decoder's
+   training is counted apart from the per-target budget, as IN's and the encoder's are.
+
+The guide's decoder reads one target's features at a time (eval mode), so the guided attack keeps that independence.
 """
 
 from __future__ import annotations
@@ -44,13 +55,14 @@ import torch
 from pfo.attacks.base import Reconstruction, freeze
 from pfo.attacks.class_rule import ClassChoice
 from pfo.attacks.encoder_trainer import check_encoder, load_encoder
-from pfo.attacks.inverse_network import describe_defense
+from pfo.attacks.inverse_network import describe_defense, load_checked_decoder
+from pfo.attacks.loss import to_victim_input
 from pfo.attacks.optimization import per_stage
 from pfo.attacks.options import check_choice, check_count, check_number
 from pfo.attacks.pfo import PFO, check_per_stage, check_step_counts, inf_if_not_finite
 
 INIT_MODES = ("random", "encoder", "both")
-RULE_OPTIONS = ("feature_radius", "image_radius", "pixel_radius", "steps")
+RULE_OPTIONS = ("feature_radius", "image_radius", "pixel_radius", "guide_weight", "steps")
 
 RadiusValue = float | list[float] | None
 RadiusRule = dict[str, float | list[float] | dict[str, RadiusValue | list[int]]]
@@ -102,7 +114,7 @@ def normalise_rule(
                 continue
             if value is None:
                 continue
-            if option == "pixel_radius":
+            if option in ("pixel_radius", "guide_weight"):
                 check_number(name, value)
             else:
                 check_per_stage(name, value, feature_stages, what)
@@ -122,8 +134,8 @@ def mean_of_chains(images: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
 
 
 class PFOExtended(PFO):
-    """PFO with a final pixel stage, radii by split point, a learned start and a mean of chains (see the module
-    docstring); with every option at its default, the paper's PFO."""
+    """PFO with a final pixel stage, radii by split point, a learned start, a mean of chains and the inverse
+    network's image as a guide (see the module docstring); with every option at its default, the paper's PFO."""
 
     def __init__(
         self,
@@ -138,6 +150,8 @@ class PFOExtended(PFO):
         init: Literal["random", "encoder", "both"] = "random",
         encoder: str | None = None,
         chains: int = 1,
+        guide: str | None = None,
+        guide_weight: float = 0.1,
         **kwargs,
     ) -> None:
         """
@@ -166,7 +180,13 @@ class PFOExtended(PFO):
             chains: run the whole attack (every stage, the pixel stage too) from each target's ``chains`` best
                 initial candidates, with ``steps`` each, and answer with the pixel mean of their images (the
                 estimate PSNR rewards at deep splits). 1: one chain, PFO's answer.
+            guide: a decoder file (``python train.py fit --config configs/in_*.yaml`` writes ``decoder.pt``) for
+                this victim, split point and defense: its image of the target pulls every stage towards the mean
+                of the images the features allow. null: no guide (the paper's loss).
+            guide_weight: the guide's weight: the loss adds ``guide_weight`` x the mean squared distance (pixels
+                in [0, 1]) to the decoder's image; ``radius_rule`` may set it per split point.
         """
+        check_number("guide_weight", guide_weight)
         self._check_chains(chains, init, kwargs)
         stage_steps = self._check_extensions(steps, lr, pixel_stage, pixel_radius, init, encoder, kwargs)
         rules = normalise_rule(radius_rule, len(stage_steps) - 1, steps)
@@ -189,6 +209,10 @@ class PFOExtended(PFO):
             self.encoder, self.encoder_meta = load_encoder(encoder)
             check_encoder(encoder, self.encoder_meta, self.victim, self.generator, describe_defense(self.defense))
             freeze(self.encoder)
+        self.guide = None
+        self._guide_for: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, the decoder's image of them)
+        if guide is not None:
+            self.guide, self.decoder_meta = load_checked_decoder(guide, self.victim, self.defense)
 
     @staticmethod
     def _check_chains(chains, init, kwargs) -> None:
@@ -231,7 +255,8 @@ class PFOExtended(PFO):
         return list(steps)[:-1]
 
     def frozen_modules(self) -> list[torch.nn.Module]:
-        return super().frozen_modules() + ([self.encoder] if self.encoder is not None else [])
+        extra = [m for m in (self.encoder, self.guide) if m is not None]
+        return super().frozen_modules() + extra
 
     # ----- 2. radii by split point ---------------------------------------------------------------------------
     def radius_setting(self, option: str) -> RadiusValue:
@@ -246,6 +271,25 @@ class PFOExtended(PFO):
             image = self.radius_setting("image_radius")
             return (image if image is not None else feature), "image_radius"
         return feature, "feature_radius"
+
+    # ----- 5. the guide ---------------------------------------------------------------------------------------
+    def evaluate(self, images: torch.Tensor, h_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PFO's (loss, feature distance) per sample; with a guide the loss adds ``guide_weight`` x the mean squared
+        distance between the image (the victim's input, [0, 1]) and the decoder's image of ``h_star``."""
+        loss, distance = super().evaluate(images, h_star)
+        weight = self.radius_setting("guide_weight")
+        if self.guide is None or not weight:
+            return loss, distance
+        gap = to_victim_input(images, self.victim, self.value_range) - self.guide_image(h_star)
+        return loss + weight * gap.square().flatten(1).mean(1), distance
+
+    @torch.no_grad()
+    def guide_image(self, h_star: torch.Tensor) -> torch.Tensor:
+        """The decoder's image of each row of ``h_star``, [0, 1]; kept while the same features are optimised
+        against (every step of a stage reads the same tensor)."""
+        if self._guide_for is None or self._guide_for[0] is not h_star:
+            self._guide_for = (h_star, self.guide(h_star).clamp(0, 1))
+        return self._guide_for[1]
 
     # ----- 3. the learned start ------------------------------------------------------------------------------
     @torch.no_grad()
