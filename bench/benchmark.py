@@ -50,7 +50,7 @@ class AttackSpec:
     config: str
     uses_prior: bool = False
     learned: bool = False  # the inverse network: no per-target optimisation
-    extensions: tuple[str, ...] = ()  # PFOExtended's extensions on in this row: pixel, radius, encoder, mean
+    extensions: tuple[str, ...] = ()  # PFOExtended's extensions on in this row: pixel, radius, encoder, mean, guide
 
 
 EXTENDED = "configs/pfo_extended_resnet.yaml"
@@ -69,6 +69,10 @@ ATTACKS = {
     "pfo_pixel_radius": AttackSpec("PFO+pixel+radius", EXTENDED, uses_prior=True, extensions=("pixel", "radius")),
     # the mean of --mean_chains chains (PFOExtended's `chains`), each with its share of the budget: PSNR's estimate
     "pfo_radius_mean": AttackSpec("PFO+radius+mean", EXTENDED, uses_prior=True, extensions=("radius", "mean")),
+    # the inverse network's image as a guide (its decoder is IN's, trained on the public split), with the weight the
+    # rule gives the split point (bench/calibrate_radius.py --option guide_weight), alone and with the radii
+    "pfo_guide": AttackSpec("PFO+guide", EXTENDED, uses_prior=True, extensions=("guide",)),
+    "pfo_radius_guide": AttackSpec("PFO+radius+guide", EXTENDED, uses_prior=True, extensions=("radius", "guide")),
 }
 MEAN_CHAINS = 4  # the chains a "mean" row averages by default; each gets steps // chains: the target's budget holds
 BLOCK_LR, PIXEL_LR = 0.05, 0.01  # PFO's learning rate, and the pixel stage's (configs/pfo_extended_resnet.yaml's)
@@ -394,28 +398,63 @@ def ensure_encoder(options: Options, victim: Path, split: str, noise: float | No
     return _train(options.spec.encoder_config, name, options.cache, overrides, "encoder.pt")
 
 
-def extension_overrides(options: Options, attack: str, encoder: Path | None) -> list[str]:
-    """PFOExtended's options for an ablation row: each extension on or off, as the row names it."""
+def extension_overrides(
+    options: Options, attack: str, encoder: Path | None, decoder: Path | None = None, split: str | None = None
+) -> list[str]:
+    """PFOExtended's options for an ablation row: each extension on or off, as the row names it. A guide row
+    without the radii reads only the rule's ``guide_weight``."""
     on = ATTACKS[attack].extensions
-    if "radius" in on and not options.radius_rule:
+    if ("radius" in on or "guide" in on) and not options.radius_rule:
         raise ValueError(
             f"the {ATTACKS[attack].name} row needs a radius rule chosen on public images: run "
             "bench/calibrate_radius.py and pass its radius_rule.yaml with --radius_rule"
         )
     if "encoder" in on and encoder is None:
         raise ValueError(f"the {ATTACKS[attack].name} row needs its encoder (ensure_encoder)")
+    rule = row_rule(options, attack)
+    if "guide" in on:
+        entry = options.radius_rule.get(split)
+        if decoder is None or not isinstance(entry, dict) or "guide_weight" not in entry:
+            raise ValueError(
+                f"the {ATTACKS[attack].name} row needs IN's decoder and a guide_weight for {split} in --radius_rule: "
+                "run bench/calibrate_radius.py --option guide_weight (with --rule, to add it to the radii)"
+            )
+    rule = chain_rule(rule, on, options.mean_chains) if rule is not None else None
+    guide = ["--model.init_args.guide", str(decoder)] if "guide" in on else []
     return [
         "--model.init_args.pixel_stage",
         str("pixel" in on).lower(),
         "--model.init_args.pixel_radius",
         str(options.pixel_radius),
         "--model.init_args.radius_rule",
-        json.dumps(chain_rule(options.radius_rule, on, options.mean_chains)) if "radius" in on else "null",
+        json.dumps(rule) if rule is not None else "null",
         "--model.init_args.init",
         "both" if "encoder" in on else "random",
         "--model.init_args.encoder",
         str(encoder) if "encoder" in on else "null",
+        *guide,
     ]
+
+
+def row_rule(options: Options, attack: str) -> dict | None:
+    """The part of ``--radius_rule`` a row reads: all of it with the radii and the guide, without the guide's
+    weights with the radii alone (so a rule that gains them leaves those rows, and their run keys, as they were), only
+    the guide's weights with the guide alone, and none otherwise."""
+    on, rule = ATTACKS[attack].extensions, options.radius_rule
+    if not rule or ("radius" not in on and "guide" not in on):
+        return None
+    if "radius" not in on:
+        return {split: {"guide_weight": entry["guide_weight"]} for split, entry in rule.items()
+                if isinstance(entry, dict) and "guide_weight" in entry}  # fmt: skip
+    if "guide" in on:
+        return rule
+    kept = {}
+    for split, entry in rule.items():
+        if isinstance(entry, dict):
+            entry = {k: v for k, v in entry.items() if k != "guide_weight"}
+        if entry or entry == 0:
+            kept[split] = entry
+    return kept
 
 
 def chain_rule(rule: dict, extensions: tuple[str, ...], chains: int = MEAN_CHAINS) -> dict:
@@ -441,12 +480,15 @@ def extension_key(options: Options, attack: str) -> str:
         return ""
     settings = {
         "pixel_radius": options.pixel_radius if "pixel" in on else None,
-        "radius_rule": options.radius_rule if "radius" in on else None,
+        "radius_rule": row_rule(options, attack) if "radius" in on else None,
         "encoder_epochs": options.encoder_epochs if "encoder" in on else None,
         "encoder_overrides": options.encoder_overrides if "encoder" in on else None,
     }
     if "mean" in on:  # only here: every other row keeps the key (and the finished runs) it had
         settings["chains"] = options.mean_chains
+    if "guide" in on:  # the guide's weights, and how its decoder trained
+        settings["radius_rule"] = row_rule(options, attack)
+        settings["decoder"] = [options.decoder_epochs, options.decoder_overrides]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
 
 
@@ -501,7 +543,7 @@ def run_attack(
     if spec.uses_prior:
         args += ["--model.init_args.generator", prior_argument(prior)]
     if spec.extensions:
-        args += extension_overrides(options, attack, encoder)
+        args += extension_overrides(options, attack, encoder, decoder, split)
     if options.lpips_weights:
         args += ["--model.init_args.lpips_weights", options.lpips_weights]
     AttackCLI(args=args)
@@ -805,6 +847,8 @@ class Cell:
         weight = {"in": 100.0, "glass": 1.5, "lm": 1.2, "pfo": 1.0, "rmle": 0.6}.get(self.attack, 1.0)
         if "encoder" in ATTACKS[self.attack].extensions:
             weight += 50.0  # its encoder trains over the public half first
+        if "guide" in ATTACKS[self.attack].extensions:
+            weight += 50.0  # its decoder (IN's, often cached) trains over the public half first
         return weight * (1 + self.depth)
 
 
@@ -856,7 +900,8 @@ def is_complete(options: Options, cell: Cell) -> bool:
 
 def compute_cell(options: Options, cell: Cell, victim: Path, priors: dict[str, Path | str]) -> dict:
     """Train the cell's decoder when it needs one (IN), then run (or resume) its attack."""
-    decoder = ensure_decoder(options, victim, cell.split, cell.noise) if cell.attack == "in" else None
+    needs_decoder = cell.attack == "in" or "guide" in ATTACKS[cell.attack].extensions
+    decoder = ensure_decoder(options, victim, cell.split, cell.noise) if needs_decoder else None
     prior = priors.get(cell.prior) if cell.prior else None
     encoder = None
     if "encoder" in ATTACKS[cell.attack].extensions:
@@ -996,11 +1041,11 @@ def check_radius_rule(options: Options) -> None:
 
     for attack in options.attacks:
         on = ATTACKS[attack].extensions
-        if "radius" not in on:
+        if "radius" not in on and "guide" not in on:
             continue
         stages = pfo_stages(attack, options.steps // chains_of(options, attack))  # a chain's (a mean row's share)
         try:
-            rule = chain_rule(options.radius_rule, on, options.mean_chains)
+            rule = chain_rule(row_rule(options, attack), on, options.mean_chains)
             normalise_rule(rule, len(stages) - 1 - ("pixel" in on), stages)
         except ValueError as error:
             raise ValueError(f"the {ATTACKS[attack].name} row (steps {stages}) cannot use it: {error}") from None
@@ -1123,7 +1168,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--mean_chains {options.mean_chains}: between 1 and --n_init ({options.n_init}), the candidates")
     if args.radius_rule is not None:
         options.radius_rule = load_radius_rule(args.radius_rule, parser)
-    needs_rule = [a for a in options.attacks if "radius" in ATTACKS[a].extensions]
+    needs_rule = [a for a in options.attacks if {"radius", "guide"} & set(ATTACKS[a].extensions)]
     if needs_rule and not options.radius_rule and not options.report_only:
         parser.error(
             f"--attacks {' '.join(needs_rule)} need --radius_rule: the radius_rule.yaml that bench/calibrate_radius.py "

@@ -315,6 +315,38 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     assert {a for a in before if before[a] != after[a]} == {"pfo_all", "pfo_pixel_radius", "pfo_radius_mean"}
 
 
+def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_the_other_rows_keys(tmp_path, plain_argv):
+    """The guide rows: IN's decoder (trained on the public split, cached, shared with the IN row) as the guide,
+    with the guide weight the rule gives the split point; the guide alone reads only that weight. A rule that gains
+    guide weights leaves every row without the guide, and its run key, as it was."""
+    victim, prior, options = tiny_benchmark(
+        tmp_path, attacks=["pfo_guide", "pfo_radius_guide", "pfo_pixel_radius"], noise=0.0
+    )
+    radii = {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}
+    options.radius_rule = radii
+    with pytest.raises(ValueError, match="guide_weight for layer1.*--option guide_weight"):
+        benchmark.extension_overrides(options, "pfo_guide", None, tmp_path / "decoder.pt", "layer1")
+    keys = benchmark.run_keys(options, Path(victim), {"cifar10": Path(prior["cifar10"])})
+    before = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
+    options.radius_rule = {"layer1": {**radii["layer1"], "guide_weight": 0.3}}
+    after = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
+    assert before["pfo_pixel_radius"] == after["pfo_pixel_radius"]
+    assert before["pfo_radius_guide"] != after["pfo_radius_guide"]
+    rows = benchmark.run(options, victim, prior)
+    assert [r["attack"] for r in rows] == ["PFO+guide", "PFO+radius+guide", "PFO+pixel+radius"]
+    decoders = list(options.cache.glob("decoder_layer1_noise0_*/decoder.pt"))
+    assert len(decoders) == 1
+    expected = {
+        "PFO+guide": ({"layer1": {"guide_weight": 0.3}}, str(decoders[0])),
+        "PFO+radius+guide": (options.radius_rule, str(decoders[0])),
+        "PFO+pixel+radius": (radii, None),
+    }
+    for r in rows:
+        args = yaml.safe_load((Path(r["summary"]["folder"]) / "config.yaml").read_text())["model"]["init_args"]
+        assert (args["radius_rule"], args.get("guide")) == expected[r["attack"]]
+        assert sum(args["steps"]) == options.steps
+
+
 def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
     bad = tmp_path / "rule.yaml"
     bad.write_text("radius_rule:\n  layer2: {feature_radius: -1}\n")
