@@ -473,8 +473,9 @@ def chain_rule(rule: dict, extensions: tuple[str, ...], chains: int = MEAN_CHAIN
     return scaled
 
 
-def extension_key(options: Options, attack: str) -> str:
-    """A short key of the extension settings an ablation row depends on ('' for every other row)."""
+def extension_key(options: Options, attack: str, split: str | None = None) -> str:
+    """A short key of the extension settings an ablation row depends on ('' for every other row). A guide row's
+    reads only its split point's rule entry, so that calibrating another split point later keeps its runs."""
     on = ATTACKS[attack].extensions
     if not on:
         return ""
@@ -486,8 +487,8 @@ def extension_key(options: Options, attack: str) -> str:
     }
     if "mean" in on:  # only here: every other row keeps the key (and the finished runs) it had
         settings["chains"] = options.mean_chains
-    if "guide" in on:  # the guide's weights, and how its decoder trained
-        settings["radius_rule"] = row_rule(options, attack)
+    if "guide" in on:  # the guide's weight (and radii) at this split point, and how its decoder trained
+        settings["radius_rule"] = (row_rule(options, attack) or {}).get(split)
         settings["decoder"] = [options.decoder_epochs, options.decoder_overrides]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
 
@@ -858,12 +859,12 @@ def table_cells(options: Options, keys: dict[str | None, str] | None = None) -> 
     keys = keys or {}
     order = options.spec.split_points
 
-    def key(attack: str, prior: str | None) -> str:
-        base, extension = keys.get(prior, ""), extension_key(options, attack)
+    def key(attack: str, prior: str | None, split: str) -> str:
+        base, extension = keys.get(prior, ""), extension_key(options, attack, split)
         return f"{base}-{extension}" if base and extension else base
 
     return [
-        Cell(attack, split, prior, noise, key(attack, prior), order.index(split))
+        Cell(attack, split, prior, noise, key(attack, prior, split), order.index(split))
         for noise in [None] + ([options.noise] if options.noise else [])
         for split in options.splits
         for attack in options.attacks

@@ -332,6 +332,9 @@ def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_th
     after = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
     assert before["pfo_pixel_radius"] == after["pfo_pixel_radius"]
     assert before["pfo_radius_guide"] != after["pfo_radius_guide"]
+    options.radius_rule["layer4"] = {"guide_weight": 1.0}  # another split point's weight: no guide row is renamed
+    assert {c.attack: c.name for c in benchmark.table_cells(options, keys)} == after
+    del options.radius_rule["layer4"]
     rows = benchmark.run(options, victim, prior)
     assert [r["attack"] for r in rows] == ["PFO+guide", "PFO+radius+guide", "PFO+pixel+radius"]
     decoders = list(options.cache.glob("decoder_layer1_noise0_*/decoder.pt"))

@@ -551,6 +551,18 @@ def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tm
     assert attack.model.split_rule == merged[split_point]
     assert attack.model.steps + [attack.model.pixel_steps] == chosen["best"]
 
+    # The guide's weight, added to that rule the same way, with IN's decoder (configs/in_cifar10.yaml's) as the guide.
+    decoder = session.file("logs/in_cifar10/decoder.pt", "decoder", "decoder file", "decoder.pt")
+    calibrate("--option", "guide_weight", "--grid", "0", "2", "--rule", str(tmp_path / "schedule" / "radius_rule.yaml"),
+              "--out", str(tmp_path / "guide"), "--", "--model.init_args.guide", decoder)  # fmt: skip
+    weight = json.loads((tmp_path / "guide" / "calibration.json").read_text())["results"][0]["best"]
+    guided = yaml.safe_load((tmp_path / "guide" / "radius_rule.yaml").read_text())["radius_rule"]
+    assert weight in (0, 2) and guided == {split_point: {**merged[split_point], "guide_weight": weight}}
+    with process_state_restored(session.root, ["attack.py"]):
+        attack = AttackCLI(["--config", str(path), "--model.init_args.radius_rule", json.dumps(guided),
+                            "--model.init_args.guide", decoder], run=False).model  # fmt: skip
+    assert attack.radius_setting("guide_weight") == weight and attack.guide is not None
+
     with pytest.raises(SystemExit):  # schedules of two budgets: refused before any attack runs
         calibrate("--option", "steps", "--grid", json.dumps(steps), json.dumps(steps + [1]))
 
