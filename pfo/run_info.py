@@ -87,9 +87,10 @@ def splits_record(data, module, stage: str | None = None) -> dict:
         meta = getattr(getattr(module, attribute, None), "meta", None)
         if isinstance(meta, dict):
             networks[name] = meta.get("splits_seen", "not recorded")
-    decoder_meta = getattr(module, "decoder_meta", None)
-    if isinstance(decoder_meta, dict):
-        networks["decoder"] = decoder_meta.get("splits_seen", "not recorded")
+    for name in ("decoder", "encoder"):  # IN's decoder (IN, PFOExtended's guide), PFOExtended's encoder
+        meta = getattr(module, f"{name}_meta", None)
+        if isinstance(meta, dict):
+            networks[name] = meta.get("splits_seen", "not recorded")
     if networks:
         record["networks_trained_on"] = networks
     record["threat_model_exceptions"] = allowed_exceptions(module, data)

@@ -627,3 +627,13 @@ def test_a_guide_made_for_another_split_point_or_defense_is_refused(guide_file):
         PFOExtended("no/such/victim.pt", "no/such/generator.pt", guide_weight=-1)
     with pytest.raises(ValueError, match="`radius_rule.layer1.guide_weight`"):
         extended(guide=guide_file, radius_rule={"layer1": {"guide_weight": -2}})
+
+
+def test_a_run_records_what_the_encoder_and_the_guides_decoder_were_trained_on(encoder_file, guide_file):
+    from pfo.attacks import Targets
+    from pfo.run_info import splits_record
+
+    attack = extended(init="both", encoder=encoder_file, guide=guide_file)
+    record = splits_record(Targets(data=SyntheticImages(resolution=RES), count=2), attack, "fit")
+    assert record["networks_trained_on"]["encoder"]["train"] == "public"
+    assert record["networks_trained_on"]["decoder"] == "not recorded"  # random_decoder's file records no training
