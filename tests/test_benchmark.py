@@ -320,7 +320,7 @@ def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_th
     with the guide weight the rule gives the split point; the guide alone reads only that weight. A rule that gains
     guide weights leaves every row without the guide, and its run key, as it was."""
     victim, prior, options = tiny_benchmark(
-        tmp_path, attacks=["pfo_guide", "pfo_radius_guide", "pfo_pixel_radius"], noise=0.0
+        tmp_path, attacks=["pfo_guide", "pfo_radius_guide", "pfo_pixel_radius", "pfo_pixel_radius_guide"], noise=0.0
     )
     radii = {"layer1": {"feature_radius": 0.05, "pixel_radius": 0.01}}
     options.radius_rule = radii
@@ -336,13 +336,19 @@ def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_th
     assert {c.attack: c.name for c in benchmark.table_cells(options, keys)} == after
     del options.radius_rule["layer4"]
     rows = benchmark.run(options, victim, prior)
-    assert [r["attack"] for r in rows] == ["PFO+guide", "PFO+radius+guide", "PFO+pixel+radius"]
+    assert [r["attack"] for r in rows] == [
+        "PFO+guide",
+        "PFO+radius+guide",
+        "PFO+pixel+radius",
+        "PFO+pixel+radius+guide",
+    ]
     decoders = list(options.cache.glob("decoder_layer1_noise0_*/decoder.pt"))
     assert len(decoders) == 1
     expected = {
         "PFO+guide": ({"layer1": {"guide_weight": 0.3}}, str(decoders[0])),
         "PFO+radius+guide": (options.radius_rule, str(decoders[0])),
         "PFO+pixel+radius": (radii, None),
+        "PFO+pixel+radius+guide": (options.radius_rule, str(decoders[0])),
     }
     for r in rows:
         args = yaml.safe_load((Path(r["summary"]["folder"]) / "config.yaml").read_text())["model"]["init_args"]
