@@ -76,6 +76,10 @@ ATTACKS = {
     "pfo_pixel_radius_guide": AttackSpec(
         "PFO+pixel+radius+guide", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "guide")
     ),
+    # every extension that keeps one answer per target: pfo_all with the guide
+    "pfo_all_guide": AttackSpec(
+        "PFO+all+guide", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "encoder", "guide")
+    ),
 }
 MEAN_CHAINS = 4  # the chains a "mean" row averages by default; each gets steps // chains: the target's budget holds
 BLOCK_LR, PIXEL_LR = 0.05, 0.01  # PFO's learning rate, and the pixel stage's (configs/pfo_extended_resnet.yaml's)
@@ -1075,7 +1079,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=list(ATTACKS),
         help="rows of the table (default: the setting's baselines and PFO; the ablation of PFOExtended: pfo_pixel, "
         "pfo_radius, pfo_encoder, pfo_all, pfo_pixel_radius, pfo_radius_mean; the guide: pfo_guide, pfo_radius_guide, "
-        "pfo_pixel_radius_guide)",
+        "pfo_pixel_radius_guide, pfo_all_guide)",
     )
     parser.add_argument("--priors", nargs="+", help="prior names of the setting (default: all of them)")
     parser.add_argument(

@@ -354,6 +354,12 @@ def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_th
         args = yaml.safe_load((Path(r["summary"]["folder"]) / "config.yaml").read_text())["model"]["init_args"]
         assert (args["radius_rule"], args.get("guide")) == expected[r["attack"]]
         assert sum(args["steps"]) == options.steps
+    # Every extension with the guide: the encoder's start, the pixel stage, the whole rule and the guide.
+    overrides = benchmark.extension_overrides(options, "pfo_all_guide", tmp_path / "e.pt", decoders[0], "layer1")
+    given = dict(zip(overrides[::2], overrides[1::2]))
+    assert given["--model.init_args.init"] == "both" and given["--model.init_args.encoder"] == str(tmp_path / "e.pt")
+    assert given["--model.init_args.pixel_stage"] == "true" and given["--model.init_args.guide"] == str(decoders[0])
+    assert json.loads(given["--model.init_args.radius_rule"]) == options.radius_rule
 
 
 def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):
