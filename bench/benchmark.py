@@ -418,15 +418,14 @@ def extension_overrides(
         )
     if "encoder" in on and encoder is None:
         raise ValueError(f"the {ATTACKS[attack].name} row needs its encoder (ensure_encoder)")
-    rule = row_rule(options, attack)
+    rule = attack_rule(options, attack)
     if "guide" in on:
-        entry = options.radius_rule.get(split)
+        entry = rule.get(split)
         if decoder is None or not isinstance(entry, dict) or "guide_weight" not in entry:
             raise ValueError(
                 f"the {ATTACKS[attack].name} row needs IN's decoder and a guide_weight for {split} in --radius_rule: "
                 "run bench/calibrate_radius.py --option guide_weight (with --rule, to add it to the radii)"
             )
-    rule = chain_rule(rule, on, options.mean_chains) if rule is not None else None
     guide = ["--model.init_args.guide", str(decoder)] if "guide" in on else []
     return [
         "--model.init_args.pixel_stage",
@@ -459,9 +458,16 @@ def row_rule(options: Options, attack: str) -> dict | None:
     for split, entry in rule.items():
         if isinstance(entry, dict):
             entry = {k: v for k, v in entry.items() if k != "guide_weight"}
-        if entry or entry == 0:
-            kept[split] = entry
+            if not entry:  # it held only a guide weight
+                continue
+        kept[split] = entry
     return kept
+
+
+def attack_rule(options: Options, attack: str) -> dict | None:
+    """The rule a row's attack is given: the part it reads, shrunk to a chain's budget in a mean row."""
+    rule = row_rule(options, attack)
+    return None if rule is None else chain_rule(rule, ATTACKS[attack].extensions, options.mean_chains)
 
 
 def chain_rule(rule: dict, extensions: tuple[str, ...], chains: int = MEAN_CHAINS) -> dict:
@@ -907,7 +913,8 @@ def is_complete(options: Options, cell: Cell) -> bool:
 
 
 def compute_cell(options: Options, cell: Cell, victim: Path, priors: dict[str, Path | str]) -> dict:
-    """Train the cell's decoder when it needs one (IN), then run (or resume) its attack."""
+    """Train (or find cached) the cell's decoder when it needs one (IN, a guide row) and its encoder, then run (or
+    resume) its attack."""
     needs_decoder = cell.attack == "in" or "guide" in ATTACKS[cell.attack].extensions
     decoder = ensure_decoder(options, victim, cell.split, cell.noise) if needs_decoder else None
     prior = priors.get(cell.prior) if cell.prior else None
@@ -1053,8 +1060,7 @@ def check_radius_rule(options: Options) -> None:
             continue
         stages = pfo_stages(attack, options.steps // chains_of(options, attack))  # a chain's (a mean row's share)
         try:
-            rule = chain_rule(row_rule(options, attack), on, options.mean_chains)
-            normalise_rule(rule, len(stages) - 1 - ("pixel" in on), stages)
+            normalise_rule(attack_rule(options, attack), len(stages) - 1 - ("pixel" in on), stages)
         except ValueError as error:
             raise ValueError(f"the {ATTACKS[attack].name} row (steps {stages}) cannot use it: {error}") from None
 
