@@ -50,7 +50,8 @@ class AttackSpec:
     config: str
     uses_prior: bool = False
     learned: bool = False  # the inverse network: no per-target optimisation
-    extensions: tuple[str, ...] = ()  # PFOExtended's extensions on in this row: pixel, radius, encoder, mean, guide
+    # PFOExtended's extensions on in this row: pixel, radius, encoder, mean, guide, blend
+    extensions: tuple[str, ...] = ()
 
 
 EXTENDED = "configs/pfo_extended_resnet.yaml"
@@ -76,10 +77,22 @@ ATTACKS = {
     "pfo_pixel_radius_guide": AttackSpec(
         "PFO+pixel+radius+guide", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "guide")
     ),
+    # the guided PFO+radius's answer blended with the decoder's image, by the rule's guide_blend at the split point
+    # (bench/calibrate_radius.py --option guide_blend): PSNR's estimate, at some cost in LPIPS
+    "pfo_radius_guide_blend": AttackSpec(
+        "PFO+radius+guide+blend", EXTENDED, uses_prior=True, extensions=("radius", "guide", "blend")
+    ),
     # every extension that keeps one answer per target: pfo_all with the guide
     "pfo_all_guide": AttackSpec(
         "PFO+all+guide", EXTENDED, uses_prior=True, extensions=("pixel", "radius", "encoder", "guide")
     ),
+}
+# the radius rule's options each extension reads: a row is given only its extensions' (so that a rule gaining an option
+# leaves the other rows, and their run keys, as they were); a bare value in the rule is a feature radius
+RULE_OWNERS = {
+    "radius": ("feature_radius", "image_radius", "pixel_radius", "steps"),
+    "guide": ("guide_weight",),
+    "blend": ("guide_blend",),
 }
 MEAN_CHAINS = 4  # the chains a "mean" row averages by default; each gets steps // chains: the target's budget holds
 BLOCK_LR, PIXEL_LR = 0.05, 0.01  # PFO's learning rate, and the pixel stage's (configs/pfo_extended_resnet.yaml's)
@@ -408,8 +421,8 @@ def ensure_encoder(options: Options, victim: Path, split: str, noise: float | No
 def extension_overrides(
     options: Options, attack: str, encoder: Path | None, decoder: Path | None = None, split: str | None = None
 ) -> list[str]:
-    """PFOExtended's options for an ablation row: each extension on or off, as the row names it. A guide row
-    without the radii reads only the rule's ``guide_weight``."""
+    """PFOExtended's options for an ablation row: each extension on or off, as the row names it; the rule given is
+    only the options the row's extensions own (a guide row without the radii reads only ``guide_weight``)."""
     on = ATTACKS[attack].extensions
     if ("radius" in on or "guide" in on) and not options.radius_rule:
         raise ValueError(
@@ -419,12 +432,14 @@ def extension_overrides(
     if "encoder" in on and encoder is None:
         raise ValueError(f"the {ATTACKS[attack].name} row needs its encoder (ensure_encoder)")
     rule = attack_rule(options, attack)
-    if "guide" in on:
+    for extension, option in (("guide", "guide_weight"), ("blend", "guide_blend")):
+        if extension not in on:
+            continue
         entry = rule.get(split)
-        if decoder is None or not isinstance(entry, dict) or "guide_weight" not in entry:
+        if decoder is None or not isinstance(entry, dict) or option not in entry:
             raise ValueError(
-                f"the {ATTACKS[attack].name} row needs IN's decoder and a guide_weight for {split} in --radius_rule: "
-                "run bench/calibrate_radius.py --option guide_weight (with --rule, to add it to the radii)"
+                f"the {ATTACKS[attack].name} row needs IN's decoder and a {option} for {split} in --radius_rule: "
+                f"run bench/calibrate_radius.py --option {option} (with --rule, to add it to the radii)"
             )
     guide = ["--model.init_args.guide", str(decoder)] if "guide" in on else []
     return [
@@ -443,24 +458,21 @@ def extension_overrides(
 
 
 def row_rule(options: Options, attack: str) -> dict | None:
-    """The part of ``--radius_rule`` a row reads: all of it with the radii and the guide, without the guide's
-    weights with the radii alone (so a rule that gains them leaves those rows, and their run keys, as they were), only
-    the guide's weights with the guide alone, and none otherwise."""
+    """The part of ``--radius_rule`` a row reads: the options its extensions own (RULE_OWNERS), at the split points
+    that set any of them; None for a row without such an extension."""
     on, rule = ATTACKS[attack].extensions, options.radius_rule
-    if not rule or ("radius" not in on and "guide" not in on):
+    owned = {option for extension in on for option in RULE_OWNERS.get(extension, ())}
+    if not rule or not owned:
         return None
-    if "radius" not in on:
-        return {split: {"guide_weight": entry["guide_weight"]} for split, entry in rule.items()
-                if isinstance(entry, dict) and "guide_weight" in entry}  # fmt: skip
-    if "guide" in on:
-        return rule
     kept = {}
     for split, entry in rule.items():
-        if isinstance(entry, dict):
-            entry = {k: v for k, v in entry.items() if k != "guide_weight"}
-            if not entry:  # it held only a guide weight
-                continue
-        kept[split] = entry
+        if not isinstance(entry, dict):  # a bare feature radius
+            if "radius" in on:
+                kept[split] = entry
+            continue
+        entry = {k: v for k, v in entry.items() if k in owned}
+        if entry:
+            kept[split] = entry
     return kept
 
 

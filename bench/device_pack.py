@@ -37,6 +37,9 @@ ORIGINALS = "originals.pt"
 # sample grids stay: the figures are redrawn at home).
 KEPT_SUFFIXES = {".json", ".yaml", ".md", ".csv", ".png", ".txt"}
 LOG_LINES = 300
+# What an attack-only call brings back: the runs, and the choices made on public images that configured them
+# (bench/gpu_strong_priors.sh's calibration_blend_<split>/ folders and the radius_rule.yaml they make).
+RUN_FILES = ("bench/", "calibration", "radius_rule.yaml")
 
 
 def slim_target(path: Path, originals: dict[int, torch.Tensor]) -> bytes:
@@ -85,7 +88,7 @@ def pack(work: Path, out: Path, runs_only: bool = False) -> list[Path]:
             relative = path.relative_to(work).as_posix()
             if not path.is_file() or path in dropped or relative.startswith(("data/", "pack/", "bench_cache/")):
                 continue
-            if runs_only and not relative.startswith("bench/"):
+            if runs_only and not relative.startswith(RUN_FILES):
                 continue
             if path.parent.name == "targets" and path.suffix == ".pt":
                 add_bytes(tar, relative, slim_target(path, originals))

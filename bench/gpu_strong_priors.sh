@@ -24,16 +24,27 @@
 # PRIOR_ATTACKS (on SPLITS, then ENCODER_ATTACKS on ENCODER_SPLITS, then PRIOR_ATTACKS on MORE_SPLITS, each only
 # while time is left), BENCH_ARGS, JOBS (8), DEADLINE (seconds after the start by which packing begins, 510), TRAIN
 # (1; 0: the victim and priors are already in $WORK, from an earlier call: attack only, and bring back only the runs).
+# Issue 16's guided rows read IN's decoders, which the plain rows train (put `in` in PLAIN_ATTACKS): GUIDE_ATTACKS
+# run on GUIDE_SPLITS once those are done, with RULE (cifar10: bench/rules/cifar10_resnet18.yaml, the radii and the
+# guide's weights chosen on public images; empty: none) as every row's --radius_rule; where BLEND_GRID is set, the blend's fraction is
+# first chosen on 8 public images at each of GUIDE_SPLITS (bench/calibrate_radius.py --option guide_blend, the
+# first trained prior, side by side; CALIBRATE_COUNT images, 8, and CALIBRATE_ARGS, more of the attack's options:
+# the guided row's schedule) and added to RULE in $WORK/radius_rule.yaml. TRAINED_PRIORS (the setting's)
+# names the priors to train and attack with. An issue-16 call:
+#   PLAIN_ATTACKS="rmle lm in" PRIOR_ATTACKS="pfo glass pfo_radius" ENCODER_ATTACKS="pfo_encoder pfo_all" \
+#   GUIDE_ATTACKS="pfo_radius_guide pfo_radius_guide_blend" GUIDE_SPLITS="layer4 layer3 layer2" \
+#   BLEND_GRID="0 0.25 0.5 0.75" bash bench/gpu_strong_priors.sh
 set -uo pipefail
 START=$SECONDS
 SETTING=${SETTING:-cifar10}
 case "$SETTING" in
-  cifar10) VICTIM_NAME=victim_cifar10_resnet18 TRAINED_PRIORS="cifar10 tinyimagenet" DEFAULT_NAMED=""
-    DEFAULT_MORE="layer1 conv1" DEFAULT_ENCODER=pfo_encoder ;;
-  faces) VICTIM_NAME=victim_lfw_resnet18 TRAINED_PRIORS="lfw" DEFAULT_NAMED="digiface=digiface-dcgan64"
-    DEFAULT_MORE="" DEFAULT_ENCODER="" ;;
+  cifar10) VICTIM_NAME=victim_cifar10_resnet18 DEFAULT_TRAINED="cifar10 tinyimagenet" DEFAULT_NAMED=""
+    DEFAULT_MORE="layer1 conv1" DEFAULT_ENCODER=pfo_encoder DEFAULT_RULE=bench/rules/cifar10_resnet18.yaml ;;
+  faces) VICTIM_NAME=victim_lfw_resnet18 DEFAULT_TRAINED="lfw" DEFAULT_NAMED="digiface=digiface-dcgan64"
+    DEFAULT_MORE="" DEFAULT_ENCODER="" DEFAULT_RULE="" ;;
   *) echo "SETTING is cifar10 or faces, not '$SETTING'" >&2; exit 2 ;;
 esac
+TRAINED_PRIORS=${TRAINED_PRIORS:-$DEFAULT_TRAINED}
 NAMED_PRIORS=${NAMED_PRIORS-$DEFAULT_NAMED}
 WEIGHTS=${WEIGHTS:-.carry/weights}
 [ -d "$WEIGHTS" ] && export PFO_PRIOR_CACHE="$WEIGHTS"
@@ -52,6 +63,12 @@ PRIOR_ATTACKS=${PRIOR_ATTACKS:-pfo glass pfo_pixel}
 ENCODER_ATTACKS=${ENCODER_ATTACKS-$DEFAULT_ENCODER}
 ENCODER_SPLITS=${ENCODER_SPLITS:-layer4}
 BENCH_ARGS=${BENCH_ARGS:---targets 16 --steps 500 --noise 0}
+RULE=${RULE-$DEFAULT_RULE}
+GUIDE_ATTACKS=${GUIDE_ATTACKS:-}
+GUIDE_SPLITS=${GUIDE_SPLITS:-layer4 layer3}
+BLEND_GRID=${BLEND_GRID:-}
+CALIBRATE_COUNT=${CALIBRATE_COUNT:-8}
+CALIBRATE_ARGS=${CALIBRATE_ARGS:---model.init_args.steps [200,100,100,100]}
 JOBS=${JOBS:-8}
 DEADLINE=${DEADLINE:-510}
 BUNDLE=${BUNDLE-.carry/data.bundle}
@@ -102,7 +119,7 @@ bench() {  # jobs attacks splits...  (attacks: one word, space-separated names q
   say "benchmark $attacks at $* (up to $seconds s)"
   # shellcheck disable=SC2086
   timeout -k 10 "$seconds" "$PYTHON" bench/benchmark.py --setting "$SETTING" --victim "$VICTIM" "${PRIORS[@]}" \
-    --splits "$@" \
+    --splits "$@" ${RULE:+--radius_rule "$RULE"} \
     --attacks $attacks $BENCH_ARGS --jobs "$jobs" --out "$WORK/bench" --cache "$WORK/bench_cache" \
     >>"$WORK/bench.log" 2>&1
   say "benchmark $attacks at $*: exit $?"
@@ -121,7 +138,43 @@ bench "$JOBS" "$PRIOR_ATTACKS" $SPLITS
 [ -n "$MORE_SPLITS" ] && bench "$JOBS" "$PRIOR_ATTACKS" $MORE_SPLITS
 wait "$PLAIN_PID"
 
-# 3. Pack for the trip back.
+# 3. The rows guided by IN's decoders (trained by the plain rows above), after the blend's calibration on public
+#    images at each split point, side by side (a split point without a decoder or a choice keeps RULE's entry).
+calibrate_blend() {  # split
+  local split=$1 decoder seconds=$((DEADLINE - (SECONDS - START)))
+  decoder=$(ls "$WORK"/bench_cache/decoder_"$split"_noise0_*/decoder.pt 2>/dev/null | head -n 1)
+  if [ -z "$decoder" ] || [ "$seconds" -lt 30 ]; then say "no blend calibration at $split (decoder '$decoder')"; return; fi
+  say "calibrate guide_blend at $split (up to $seconds s)"
+  # shellcheck disable=SC2086  # the grid and CALIBRATE_ARGS are lists
+  timeout -k 10 "$seconds" "$PYTHON" bench/calibrate_radius.py --config configs/pfo_extended_resnet.yaml \
+    --option guide_blend --grid $BLEND_GRID --split_points "$split" --count "$CALIBRATE_COUNT" \
+    --batch_size "$CALIBRATE_COUNT" --rule "$RULE" --out "$WORK/calibration_blend_$split" -- \
+    --model.init_args.victim "$VICTIM" --model.init_args.generator "$WORK/gan_${FIRST_PRIOR}/generator.pt" \
+    --model.init_args.guide "$decoder" --model.init_args.pixel_stage false --model.init_args.lr 0.05 $CALIBRATE_ARGS \
+    >"$WORK/calibration_blend_$split.log" 2>&1
+  say "calibrate guide_blend at $split: exit $?"
+}
+FIRST_PRIOR=${TRAINED_PRIORS%% *}
+if [ -n "$GUIDE_ATTACKS" ] && [ -n "$BLEND_GRID" ]; then
+  CALIBRATIONS=()
+  for split in $GUIDE_SPLITS; do calibrate_blend "$split" & CALIBRATIONS+=($!); done
+  [ ${#CALIBRATIONS[@]} -eq 0 ] || wait "${CALIBRATIONS[@]}"
+  "$PYTHON" - "$RULE" "$WORK" <<'MERGE' >>"$LOG" 2>&1
+import pathlib, sys, yaml  # RULE plus each calibration's guide_blend at its split point
+rule = yaml.safe_load(open(sys.argv[1]))["radius_rule"]
+for path in sorted(pathlib.Path(sys.argv[2]).glob("calibration_blend_*/radius_rule.yaml")):
+    for split, entry in yaml.safe_load(open(path))["radius_rule"].items():
+        if isinstance(entry, dict) and "guide_blend" in entry:
+            rule[split] = {**rule.get(split, {}), "guide_blend": entry["guide_blend"]}
+open(pathlib.Path(sys.argv[2]) / "radius_rule.yaml", "w").write(yaml.safe_dump({"radius_rule": rule}, default_flow_style=None, sort_keys=False))
+print("the rule of the guided rows:", rule)
+MERGE
+  [ -s "$WORK/radius_rule.yaml" ] && RULE="$WORK/radius_rule.yaml"
+fi
+# shellcheck disable=SC2086
+[ -n "$GUIDE_ATTACKS" ] && bench "$JOBS" "$GUIDE_ATTACKS" $GUIDE_SPLITS
+
+# 4. Pack for the trip back.
 say "pack"
 PACK_ARGS=()
 [ "$TRAIN" = 1 ] || PACK_ARGS=(--runs_only)  # the victim and priors are already at home

@@ -315,6 +315,12 @@ def test_the_ablation_rows_share_pfos_budget_and_are_paired_against_it(tmp_path,
     assert {a for a in before if before[a] != after[a]} == {"pfo_all", "pfo_pixel_radius", "pfo_radius_mean"}
 
 
+def run_names(options, victim: str, prior: dict[str, str]) -> dict[str, str]:
+    """Each row's run folder name under ``options`` (the key of what it depends on)."""
+    keys = benchmark.run_keys(options, Path(victim), {"cifar10": Path(prior["cifar10"])})
+    return {c.attack: c.name for c in benchmark.table_cells(options, keys)}
+
+
 def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_the_other_rows_keys(tmp_path, plain_argv):
     """The guide rows: IN's decoder (trained on the public split, cached, shared with the IN row) as the guide,
     with the guide weight the rule gives the split point; the guide alone reads only that weight. A rule that gains
@@ -326,14 +332,13 @@ def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_th
     options.radius_rule = radii
     with pytest.raises(ValueError, match="guide_weight for layer1.*--option guide_weight"):
         benchmark.extension_overrides(options, "pfo_guide", None, tmp_path / "decoder.pt", "layer1")
-    keys = benchmark.run_keys(options, Path(victim), {"cifar10": Path(prior["cifar10"])})
-    before = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
+    before = run_names(options, victim, prior)
     options.radius_rule = {"layer1": {**radii["layer1"], "guide_weight": 0.3}}
-    after = {c.attack: c.name for c in benchmark.table_cells(options, keys)}
+    after = run_names(options, victim, prior)
     assert before["pfo_pixel_radius"] == after["pfo_pixel_radius"]
     assert before["pfo_radius_guide"] != after["pfo_radius_guide"]
     options.radius_rule["layer4"] = {"guide_weight": 1.0}  # another split point's weight: no guide row is renamed
-    assert {c.attack: c.name for c in benchmark.table_cells(options, keys)} == after
+    assert run_names(options, victim, prior) == after
     del options.radius_rule["layer4"]
     rows = benchmark.run(options, victim, prior)
     assert [r["attack"] for r in rows] == [
@@ -360,6 +365,29 @@ def test_the_guide_rows_read_ins_decoder_and_the_rules_guide_weight_and_leave_th
     assert given["--model.init_args.init"] == "both" and given["--model.init_args.encoder"] == str(tmp_path / "e.pt")
     assert given["--model.init_args.pixel_stage"] == "true" and given["--model.init_args.guide"] == str(decoders[0])
     assert json.loads(given["--model.init_args.radius_rule"]) == options.radius_rule
+
+
+def test_the_blend_row_reads_the_rules_guide_blend_and_leaves_the_guide_rows_keys(tmp_path, plain_argv):
+    """PFO+radius+guide+blend: the guided row's options plus the rule's guide_blend at the split point. A rule that
+    gains blend weights renames only the blend row; a rule without one at the split point is refused, naming the
+    calibration that makes it."""
+    victim, prior, options = tiny_benchmark(tmp_path, attacks=["pfo_radius_guide", "pfo_radius_guide_blend"], noise=0.0)
+    guided = {"layer1": {"feature_radius": 0.05, "guide_weight": 0.3}}
+    options.radius_rule = guided
+    with pytest.raises(ValueError, match="guide_blend for layer1.*--option guide_blend"):
+        benchmark.extension_overrides(options, "pfo_radius_guide_blend", None, tmp_path / "decoder.pt", "layer1")
+    before = run_names(options, victim, prior)
+    options.radius_rule = {"layer1": {**guided["layer1"], "guide_blend": 0.4}}
+    after = run_names(options, victim, prior)
+    assert before["pfo_radius_guide"] == after["pfo_radius_guide"]
+    assert before["pfo_radius_guide_blend"] != after["pfo_radius_guide_blend"]
+    rows = benchmark.run(options, victim, prior)
+    assert [r["attack"] for r in rows] == ["PFO+radius+guide", "PFO+radius+guide+blend"]
+    given = [yaml.safe_load((Path(r["summary"]["folder"]) / "config.yaml").read_text())["model"]["init_args"]
+             for r in rows]  # fmt: skip
+    assert given[0]["radius_rule"] == guided and given[1]["radius_rule"] == options.radius_rule
+    assert given[0]["guide"] == given[1]["guide"] is not None  # one decoder, IN's, for both rows
+    assert all(sum(args["steps"]) == options.steps for args in given)
 
 
 def test_a_radius_rule_file_is_checked_before_any_work(tmp_path, capsys):

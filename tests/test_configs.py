@@ -563,6 +563,14 @@ def test_the_calibration_command_runs_on_the_shipped_extended_config(session, tm
                             "--model.init_args.guide", decoder], run=False).model  # fmt: skip
     assert attack.radius_setting("guide_weight") == weight and attack.guide is not None
 
+    # Then the blend with the guide's image, the guide's weight held.
+    calibrate("--option", "guide_blend", "--grid", "0", "0.5", "--rule", str(tmp_path / "guide" / "radius_rule.yaml"),
+              "--out", str(tmp_path / "blend"), "--", "--model.init_args.guide", decoder)  # fmt: skip
+    blend = json.loads((tmp_path / "blend" / "calibration.json").read_text())["results"][0]
+    assert [row["value"] for row in blend["rows"]] == [0, 0.5] and blend["best"] in (0, 0.5)
+    blended = yaml.safe_load((tmp_path / "blend" / "radius_rule.yaml").read_text())["radius_rule"]
+    assert blended == {split_point: {**guided[split_point], "guide_blend": blend["best"]}}
+
     with pytest.raises(SystemExit):  # schedules of two budgets: refused before any attack runs
         calibrate("--option", "steps", "--grid", json.dumps(steps), json.dumps(steps + [1]))
 

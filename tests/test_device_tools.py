@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+import yaml
 
 from bench import device_pack, pack_device_data, rescore_lpips
 from pfo.attacks.outputs import AttackOutputs
@@ -131,6 +132,9 @@ def fake_work(work: Path, originals: dict[int, torch.Tensor]) -> dict[str, bytes
         torchvision.utils.save_image(torch.rand(3, 8, 8), work / "gan_cifar10" / "samples" / f"step_{step:06d}.png")
     (work / "gan_cifar10" / "events.out.tfevents.1").write_bytes(b"x" * 100)
     (work / "victim.log").write_text("".join(f"line {k}\n" for k in range(device_pack.LOG_LINES + 50)))
+    (work / "calibration_blend_layer4").mkdir()
+    (work / "calibration_blend_layer4" / "calibration.json").write_text('{"results": []}')
+    (work / "radius_rule.yaml").write_text("radius_rule:\n  layer4: {guide_blend: 0.5}\n")
     for run in ("pfo_layer4_cifar10", "glass_layer4_cifar10"):
         outputs = AttackOutputs(work / "bench" / run)
         for index, original in originals.items():
@@ -174,7 +178,9 @@ def test_the_pack_brings_back_every_result_the_victim_and_the_priors(tmp_path, m
     packed = device_pack.pack(tmp_path / "work", tmp_path / "runs_only", runs_only=True)
     assert [p.name for p in packed] == [device_pack.RUNS]
     device_pack.unpack(tmp_path / "runs_only", tmp_path / "home2")
-    assert sorted(p.name for p in (tmp_path / "home2").iterdir()) == ["bench", device_pack.ORIGINALS]
+    back = sorted(p.name for p in (tmp_path / "home2").iterdir())
+    assert back == ["bench", "calibration_blend_layer4", device_pack.ORIGINALS, "radius_rule.yaml"]
+    assert (tmp_path / "home2" / "radius_rule.yaml").read_text() == (tmp_path / "work" / "radius_rule.yaml").read_text()
     assert AttackOutputs(tmp_path / "home2" / "bench" / "pfo_layer4_cifar10").finished() == set(originals)
 
 
@@ -288,15 +294,31 @@ def test_the_gpu_call_runs_end_to_end_at_tiny_size_on_the_cpu(tmp_path, make_ima
     ]
     assert len(targets[0]) == 2 and all(t == targets[0] for t in targets)  # every attack on the same two targets
 
-    # A second call with the victim and priors already there (TRAIN=0): no training, the runs alone come back.
-    env.update(TRAIN="0", PACK=str(tmp_path / "out2"), PLAIN_ATTACKS="", PRIOR_ATTACKS="glass")
+    # A second call with the victim and priors already there (TRAIN=0): no training, the runs alone come back. It
+    # runs issue 16's guided rows too: IN (training the decoder), the blend's fraction chosen on public images (the
+    # in-distribution prior), then the blended row with that choice added to the committed rule.
+    tiny_attack = "--model.init_args.steps [2,1,1,1] --model.init_args.n_init 2 --model.init_args.init_chunk 2"
+    env.update(TRAIN="0", PACK=str(tmp_path / "out2"), PLAIN_ATTACKS="in", PRIOR_ATTACKS="glass",
+               GUIDE_ATTACKS="pfo_radius_guide_blend", GUIDE_SPLITS="layer4", BLEND_GRID="0 0.5", CALIBRATE_COUNT="2",
+               CALIBRATE_ARGS=tiny_attack)  # fmt: skip
     done = subprocess.run(["bash", "bench/gpu_strong_priors.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     log = (tmp_path / "out2" / "log.txt").read_text()
     assert done.returncode == 0 and "benchmark glass at layer4: exit 0" in log, done.stdout + done.stderr + log
+    for step in ("calibrate guide_blend at layer4: exit 0", "benchmark pfo_radius_guide_blend at layer4: exit 0"):
+        assert step in log, log
     assert "] train " not in log and sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["log.txt", "runs.tar.gz"]
     device_pack.unpack(tmp_path / "out2", tmp_path / "home2")
     glass = [p for p in (tmp_path / "home2" / "bench").glob("glass_layer4_*") if p.is_dir()]
     assert len(glass) == 2 and all(AttackOutputs(p).finished() == targets[0] for p in glass)
+    rule = yaml.safe_load((tmp_path / "home2" / "radius_rule.yaml").read_text())["radius_rule"]
+    committed = yaml.safe_load((REPO / "bench" / "rules" / "cifar10_resnet18.yaml").read_text())["radius_rule"]
+    chosen = json.loads((tmp_path / "home2" / "calibration_blend_layer4" / "calibration.json").read_text())
+    assert chosen["results"][0]["option"] == "guide_blend" and chosen["results"][0]["best"] in (0, 0.5)
+    assert rule == {**committed, "layer4": {**committed["layer4"], "guide_blend": chosen["results"][0]["best"]}}
+    blended = [p for p in (tmp_path / "home2" / "bench").glob("pfo_radius_guide_blend_layer4_*") if p.is_dir()]
+    assert len(blended) == 2 and all(AttackOutputs(p).finished() == targets[0] for p in blended)
+    args = yaml.safe_load((blended[0] / "config.yaml").read_text())["model"]["init_args"]
+    assert args["radius_rule"]["layer4"]["guide_blend"] == rule["layer4"]["guide_blend"] and args["guide"]
 
 
 @pytest.mark.slow

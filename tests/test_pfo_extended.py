@@ -515,7 +515,9 @@ def test_the_mean_of_chains_averages_whole_attacks_from_the_best_candidates(pixe
     assert len(result.stage_images) == stages + 1 and (result.best_stage == stages).all()
     # The first chain starts where PFO starts (the best candidate): it is PFO's own answer.
     single, _ = attack_images(extended(steps=steps, pixel_stage=pixel_stage), [3, 7])
-    assert torch.allclose(chains[:, 0], single.images, atol=1e-5)
+    # (up to rounding: a batch of 6 rows and one of 2 take other CPU kernels, and the pixel stage's Adam steps carry
+    # that rounding on: 1.7e-5 apart at most on an AVX-512 AMD EPYC, where another start is 0.58 apart)
+    assert torch.allclose(chains[:, 0], single.images, atol=1e-4)
     assert not torch.allclose(chains[:, 0], chains[:, 1])  # another start, another image
     # The mean's squared error is at most the chains' mean squared error (convexity), so its PSNR is no lower.
     originals = images_of([3, 7])[0]
@@ -637,3 +639,92 @@ def test_a_run_records_what_the_encoder_and_the_guides_decoder_were_trained_on(e
     record = splits_record(Targets(data=SyntheticImages(resolution=RES), count=2), attack, "fit")
     assert record["networks_trained_on"]["encoder"]["train"] == "public"
     assert record["networks_trained_on"]["decoder"] == "not recorded"  # random_decoder's file records no training
+
+
+# ----- 6. the blend with the guide ---------------------------------------------------------------------------------
+
+
+def test_a_blend_of_zero_is_the_guided_attack_bitwise_and_a_blend_moves_the_answer_linearly(guide_file):
+    """0 (given, or by the rule here) leaves the guided attack's answer; b gives (1 - b) x it + b x the decoder's
+    image as one more stage, always the answer, its feature loss measured on the blended image."""
+    base, _ = attack_images(extended(guide=guide_file, guide_weight=0.5), [3, 7])
+    for options in ({"guide_blend": 0.0}, {"guide_blend": 0.9, "radius_rule": {"layer1": {"guide_blend": 0}}}):
+        same, _ = attack_images(extended(guide=guide_file, guide_weight=0.5, **options), [3, 7])
+        assert_same(same, base)
+    attack = extended(guide=guide_file, guide_weight=0.5, guide_blend=0.9, radius_rule={"layer1": {"guide_blend": 0.3}})
+    blended, h = attack_images(attack, [3, 7])
+    decoded = attack.guide_image(h)
+    assert torch.allclose(blended.images, 0.7 * base.images + 0.3 * decoded, atol=1e-6)  # the rule's 0.3 here
+    assert len(blended.stage_images) == len(base.stage_images) + 1
+    assert (blended.best_stage == len(base.stage_images)).all()
+    for earlier, ours in zip(base.stage_images, blended.stage_images):
+        assert torch.equal(earlier, ours)
+    with torch.no_grad():
+        measured = attack.evaluate(blended.images * 2 - 1, h)[1]  # the generator's range is [-1, 1]
+    assert torch.allclose(blended.feature_loss, measured)
+    assert (blended.images >= 0).all() and (blended.images <= 1).all()
+    only_decoder, _ = attack_images(extended(guide=guide_file, guide_weight=0.5, guide_blend=1.0), [3, 7])
+    assert torch.allclose(only_decoder.images, decoded)
+
+
+def test_a_blend_towards_a_good_estimate_recovers_the_target_better():
+    """Two estimates that err differently: the attack's sharp image and a noisy copy of the target (a guide as
+    good as a decoder can be at a deep split). Their blend beats both on PSNR against the original, which is why
+    the blend is calibrated per split point. Measured when written: attack 16.1 dB, guide 17.0, blend 0.5 19.2."""
+    from test_attack import random_decoder
+
+    images, _, _ = images_of([3])
+    torch.manual_seed(0)
+    noisy = (images + 0.15 * torch.randn_like(images)).clamp(0, 1)
+    with TemporaryDirectory() as folder:
+        attack = extended(OracleGuide, guide=random_decoder(Path(folder), tiny_victim()), guide_weight=0.0,
+                          guide_blend=0.5, steps=[12, 6, 6])  # fmt: skip
+    attack.truth = noisy
+    plain, _ = attack_images(extended(steps=[12, 6, 6]), [3])
+    blended, _ = attack_images(attack, [3])
+    attack_psnr, guide_psnr = float(psnr(plain.images, images)), float(psnr(noisy, images))
+    assert float(psnr(blended.images, images)) > max(attack_psnr, guide_psnr) + 1.0
+
+
+def test_the_blended_attack_keeps_each_target_independent_of_its_neighbours(guide_file):
+    attack = extended(guide=guide_file, guide_weight=1.0, guide_blend=0.4)
+    first, _ = attack_images(attack, [3, 7])
+    second, _ = attack_images(attack, [14, 3])
+    for s1, s2 in zip(first.stage_images + first.stage_losses, second.stage_images + second.stage_losses):
+        assert torch.equal(s1[0], s2[1])
+
+
+def test_a_blend_without_a_guide_or_outside_zero_to_one_is_refused(guide_file):
+    with pytest.raises(ValueError, match="`guide_blend` moves the answer towards the guide's image, but `guide` is"):
+        extended(guide_blend=0.5)
+    with pytest.raises(ValueError, match="`guide_blend` moves the answer"):
+        extended(radius_rule={"layer1": {"guide_blend": 0.5}})
+    with pytest.raises(ValueError, match=r"`guide_blend` 1.5 must be in \[0, 1\]"):
+        PFOExtended("no/such/victim.pt", "no/such/generator.pt", guide_blend=1.5)
+    with pytest.raises(ValueError, match=r"`radius_rule.layer1.guide_blend` -0.1 must be a finite number >= 0"):
+        extended(guide=guide_file, radius_rule={"layer1": {"guide_blend": -0.1}})
+
+
+def test_the_blend_is_calibrated_from_one_run_with_what_a_run_per_value_gives(guide_file):
+    """The calibration of ``guide_blend`` attacks the public images once (at 0) and blends that answer with every
+    value: each row's PSNR and feature loss are those of an attack configured with the value."""
+    data = PublicOnly(resolution=RES, sizes={"public": 8})
+    built = []
+
+    def attack_with(value):
+        built.append(value)
+        return extended(guide=guide_file, guide_weight=0.5, guide_blend=value)
+
+    grid = [0.0, 0.3, 1.0]
+    result = calibrate_radius(attack_with, data, grid, split_point="layer1", option="guide_blend", count=2)
+    assert built == [0.0]  # one run served the grid
+    assert [row["value"] for row in result.rows] == grid
+    public = data.dataset("public")
+    images = torch.stack([public[i]["image"] for i in result.indices])
+    index = torch.tensor(result.indices)
+    for row, value in zip(result.rows, grid):
+        attack = extended(guide=guide_file, guide_weight=0.5, guide_blend=value)
+        with torch.enable_grad():
+            answer = attack.reconstruct(attack.client_features(images, index), index)
+        assert row["psnr_mean"] == pytest.approx(float(psnr(answer.images, images).double().mean()), abs=1e-4)
+        assert row["feature_loss"] == pytest.approx(float(answer.feature_loss.double().mean()), rel=1e-4)

@@ -31,13 +31,15 @@ from pfo.attacks.targets import spread_indices
 from pfo.metrics import psnr, summarize
 from pfo.threat_model import ALLOW_NONPUBLIC_TRAINING, PUBLIC, ThreatModelError
 
+POST_HOC = ("guide_blend",)  # options applied to the attack's answer after its last stage
+
 
 @dataclass
 class RadiusCalibration:
     """One split point's calibration: a row per grid value, and the value chosen."""
 
     split_point: str
-    option: str  # feature_radius, image_radius, pixel_radius or steps
+    option: str  # one of RULE_OPTIONS: a radius, the guide's weight or blend, or the schedule (steps)
     indices: list[int]  # the public images used (positions in the public split)
     rows: list[dict] = field(default_factory=list)  # value, psnr_mean, psnr_median, psnr_std, feature_loss, seconds
     best: float | list[int] | None = None
@@ -127,7 +129,9 @@ def calibrate_radius(
         data: a pfo data module (anything whose ``dataset(split)`` serves ``{"image", "index"}`` items).
         grid: the values to try (null: no constraint), or for ``steps`` schedules of one total budget.
         split_point: the split point the attacks cut the victim at (recorded; ``make_attack`` sets it).
-        option: what is calibrated: ``feature_radius``, ``image_radius``, ``pixel_radius`` or ``steps``.
+        option: what is calibrated: ``feature_radius``, ``image_radius``, ``pixel_radius``, ``guide_weight``,
+            ``guide_blend`` (one run at 0, each value blended after it: the same images as a run per value) or
+            ``steps``.
         count: public images, spread over the split.
         batch_size: images attacked at once (results are per image; the batch size only sets the speed).
         split: ``public``; any other split is refused unless ``allow_nonpublic_training``.
@@ -143,29 +147,35 @@ def calibrate_radius(
     images = torch.stack([item["image"] for item in items])
     index = torch.tensor([int(item["index"]) for item in items])
     result = RadiusCalibration(split_point=split_point, option=option, indices=indices)
-    for value in grid:
-        attack = make_attack(value)
-        scores, losses = [], []
+    # The blend acts after the attack's last stage: one unblended run serves every value of the grid, each row
+    # what a run with that value computes (PFOExtended.blend_with_guide), and each charged the run's time.
+    runs = [(0.0, grid)] if option in POST_HOC else [(value, [value]) for value in grid]
+    for run_value, values in runs:
+        attack = make_attack(run_value)
+        scores, losses = {v: [] for v in range(len(values))}, {v: [] for v in range(len(values))}
         start = time.perf_counter()
         for first in range(0, len(images), batch_size):
             batch, ids = images[first : first + batch_size], index[first : first + batch_size]
             h = attack.client_features(batch, ids)
             with torch.enable_grad():
                 answer = attack.reconstruct(h, ids)
-            scores.append(psnr(answer.images.detach().cpu().clamp(0, 1), batch))
-            losses.append(answer.feature_loss.detach().cpu())
+            for v, value in enumerate(values):
+                final = attack.blend_with_guide(answer, h, value) if option in POST_HOC else answer
+                scores[v].append(psnr(final.images.detach().cpu().clamp(0, 1), batch))
+                losses[v].append(final.feature_loss.detach().cpu())
         seconds = (time.perf_counter() - start) / len(images)
-        stats = summarize({"psnr": torch.cat(scores), "feature_loss": torch.cat(losses)})
-        result.rows.append(
-            {
-                "value": value,
-                "psnr_mean": stats["psnr"]["mean"],
-                "psnr_median": stats["psnr"]["median"],
-                "psnr_std": stats["psnr"]["std"],
-                "feature_loss": stats["feature_loss"]["mean"],
-                "seconds": seconds,
-            }
-        )
+        for v, value in enumerate(values):
+            stats = summarize({"psnr": torch.cat(scores[v]), "feature_loss": torch.cat(losses[v])})
+            result.rows.append(
+                {
+                    "value": value,
+                    "psnr_mean": stats["psnr"]["mean"],
+                    "psnr_median": stats["psnr"]["median"],
+                    "psnr_std": stats["psnr"]["std"],
+                    "feature_loss": stats["feature_loss"]["mean"],
+                    "seconds": seconds,
+                }
+            )
     best = max(range(len(result.rows)), key=lambda i: (result.rows[i]["psnr_mean"], -i))
     result.best = result.rows[best]["value"]
     return result
