@@ -1097,7 +1097,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=list(ATTACKS),
         help="rows of the table (default: the setting's baselines and PFO; the ablation of PFOExtended: pfo_pixel, "
         "pfo_radius, pfo_encoder, pfo_all, pfo_pixel_radius, pfo_radius_mean; the guide: pfo_guide, pfo_radius_guide, "
-        "pfo_pixel_radius_guide, pfo_all_guide)",
+        "pfo_pixel_radius_guide, pfo_all_guide; the blend with the guide's image: pfo_radius_guide_blend)",
     )
     parser.add_argument("--priors", nargs="+", help="prior names of the setting (default: all of them)")
     parser.add_argument(
