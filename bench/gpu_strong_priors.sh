@@ -25,12 +25,12 @@
 # while time is left), BENCH_ARGS, JOBS (8), DEADLINE (seconds after the start by which packing begins, 510), TRAIN
 # (1; 0: the victim and priors are already in $WORK, from an earlier call: attack only, and bring back only the runs).
 # Issue 16's guided rows read IN's decoders, which the plain rows train (put `in` in PLAIN_ATTACKS): GUIDE_ATTACKS
-# run on GUIDE_SPLITS once those are done, with RULE (cifar10: bench/rules/cifar10_resnet18.yaml, the radii and the
-# guide's weights chosen on public images; empty: none) as every row's --radius_rule; where BLEND_GRID is set, the blend's fraction is
-# first chosen on 8 public images at each of GUIDE_SPLITS (bench/calibrate_radius.py --option guide_blend, the
-# first trained prior, side by side; CALIBRATE_COUNT images, 8, and CALIBRATE_ARGS, more of the attack's options:
-# the guided row's schedule) and added to RULE in $WORK/radius_rule.yaml. TRAINED_PRIORS (the setting's)
-# names the priors to train and attack with. An issue-16 call:
+# run on GUIDE_SPLITS once those are done. RULE is every row's --radius_rule (cifar10:
+# bench/rules/cifar10_resnet18.yaml, the radii and the guide's weights chosen on public images; empty: none).
+# Where BLEND_GRID is set, the blend's fraction is first chosen on public images at each of GUIDE_SPLITS, side by
+# side (bench/calibrate_radius.py --option guide_blend with the first trained prior; CALIBRATE_COUNT images, 8;
+# CALIBRATE_ARGS, more of the attack's options: the guided row's schedule), and added to RULE in
+# $WORK/radius_rule.yaml. TRAINED_PRIORS (the setting's) names the priors to train and attack with. An issue-16 call:
 #   PLAIN_ATTACKS="rmle lm in" PRIOR_ATTACKS="pfo glass pfo_radius" ENCODER_ATTACKS="pfo_encoder pfo_all" \
 #   GUIDE_ATTACKS="pfo_radius_guide pfo_radius_guide_blend" GUIDE_SPLITS="layer4 layer3 layer2" \
 #   BLEND_GRID="0 0.25 0.5 0.75" bash bench/gpu_strong_priors.sh
@@ -143,7 +143,10 @@ wait "$PLAIN_PID"
 calibrate_blend() {  # split
   local split=$1 decoder seconds=$((DEADLINE - (SECONDS - START)))
   decoder=$(ls "$WORK"/bench_cache/decoder_"$split"_noise0_*/decoder.pt 2>/dev/null | head -n 1)
-  if [ -z "$decoder" ] || [ "$seconds" -lt 30 ]; then say "no blend calibration at $split (decoder '$decoder')"; return; fi
+  if [ -z "$decoder" ] || [ "$seconds" -lt 30 ]; then
+    say "no blend calibration at $split (decoder '$decoder', $seconds s left)"
+    return
+  fi
   say "calibrate guide_blend at $split (up to $seconds s)"
   # shellcheck disable=SC2086  # the grid and CALIBRATE_ARGS are lists
   timeout -k 10 "$seconds" "$PYTHON" bench/calibrate_radius.py --config configs/pfo_extended_resnet.yaml \
@@ -166,7 +169,8 @@ for path in sorted(pathlib.Path(sys.argv[2]).glob("calibration_blend_*/radius_ru
     for split, entry in yaml.safe_load(open(path))["radius_rule"].items():
         if isinstance(entry, dict) and "guide_blend" in entry:
             rule[split] = {**rule.get(split, {}), "guide_blend": entry["guide_blend"]}
-open(pathlib.Path(sys.argv[2]) / "radius_rule.yaml", "w").write(yaml.safe_dump({"radius_rule": rule}, default_flow_style=None, sort_keys=False))
+text = yaml.safe_dump({"radius_rule": rule}, default_flow_style=None, sort_keys=False)
+(pathlib.Path(sys.argv[2]) / "radius_rule.yaml").write_text(text)
 print("the rule of the guided rows:", rule)
 MERGE
   [ -s "$WORK/radius_rule.yaml" ] && RULE="$WORK/radius_rule.yaml"
