@@ -152,7 +152,7 @@ def calibrate_radius(
     runs = [(0.0, grid)] if option in POST_HOC else [(value, [value]) for value in grid]
     for run_value, values in runs:
         attack = make_attack(run_value)
-        scores, losses = {v: [] for v in range(len(values))}, {v: [] for v in range(len(values))}
+        scores, losses = [[] for _ in values], [[] for _ in values]  # per grid value, a part per batch
         start = time.perf_counter()
         for first in range(0, len(images), batch_size):
             batch, ids = images[first : first + batch_size], index[first : first + batch_size]
